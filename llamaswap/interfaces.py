@@ -1,0 +1,98 @@
+"""
+Every zope Interface of llamaswap, in one module.
+
+Import interfaces from here so that adapters, implementations and tests all
+agree on one set of names.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class ILauncher(Interface):
+    """
+    Spawns an upstream command in its own process group and stops the group.
+    """
+
+    def spawn(model, argv, env, protocol):
+        """
+        Start C{argv} with the environment C{env} in a new session and
+        process group, connected to C{protocol}.
+
+        @return: the C{IProcessTransport}; its C{pid} is also the group id.
+        """
+
+    def signalGroup(pgid, signal):
+        """
+        Send C{signal} to every process of the group C{pgid}; a group that is
+        already gone is not an error.
+        """
+
+
+class IHealthProbe(Interface):
+    """
+    Asks an upstream whether it is ready to serve.
+    """
+
+    def check(url):
+        """
+        Probe C{url} once.
+
+        @return: a L{Deferred} that fires with C{True} when the upstream
+            answered 200, C{False} for any other answer or a refused
+            connection.
+        """
+
+
+class IGroupsConfig(Interface):
+    """
+    Marker: a frozen swap configuration made of groups (SPEC.md section 2.5).
+    """
+
+    groups = Attribute("Mapping of group id to GroupConfig.")
+
+
+class IMatrixConfig(Interface):
+    """
+    Marker: a frozen swap configuration made of a matrix (SPEC.md section 2.6).
+    """
+
+    matrix = Attribute("The MatrixConfig.")
+
+
+class ISwapPlanner(Interface):
+    """
+    Decides which running models must stop before a target may run.
+    """
+
+    def evictionFor(target, running):
+        """
+        @param target: the model id that must run.
+        @param running: the set of model ids that are live (starting, ready,
+            stopping) or targets of other swaps in progress.
+
+        @return: the frozenset of model ids that must stop first.  Pure and
+            fast: no I/O, no reactor.
+        """
+
+
+class IGpuProbe(Interface):
+    """
+    Reads GPU statistics; blocking, so callers run it in a thread.
+    """
+
+    def sample():
+        """
+        @return: a list of per-GPU dicts (blocking call).
+        """
+
+
+class IEventSink(Interface):
+    """
+    Receives structured events (model state changes, request records) for
+    observers such as the UI event stream and metrics.
+    """
+
+    def emit(kind, **fields):
+        """
+        Record one event.  Must not block and must not raise.
+        """

@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.integration.test_upstream_real -*-
+"""
+The readiness probe of an upstream: one C{GET} on its check endpoint.
+"""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent, IResponse
+
+from llamaswap.interfaces import IHealthProbe
+
+__all__ = ["HealthProbe"]
+
+
+class _Discard(Protocol):
+    """
+    Reads a response body and throws it away; fires C{finished} with L{None}
+    when the body ends, however it ends.
+    """
+
+    def __init__(self, finished: Deferred[None]) -> None:
+        self.finished = finished
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # The status line has already decided the answer; a body cut short
+        # (PotentialDataLoss, a reset) does not change it.  Never callback()
+        # with the Failure itself.
+        self.finished.callback(None)
+
+    def stop(self) -> None:
+        """
+        Drop the connection (used when the probe times out mid-body).
+        """
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+@implementer(IHealthProbe)
+class HealthProbe:
+    """
+    Probes upstream readiness over its own non-persistent connection pool, so
+    that a probe never holds a connection the proxy could reuse and nothing
+    stays open between probes.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: object, timeout: float = 2.0, agent: IAgent | None = None
+    ) -> None:
+        """
+        @param reactor: provides C{IReactorTCP} and C{IReactorTime}; also the
+            clock of the per-probe timeout.
+        @param timeout: seconds one probe may take, connecting included.
+        @param agent: an L{IAgent} to use instead of the default L{Agent}
+            (tests).
+        """
+        self._clock = reactor
+        self._timeout = timeout
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._agent: IAgent = (
+            agent
+            if agent is not None
+            else Agent(reactor, connectTimeout=timeout, pool=self._pool)
+        )
+
+    def check(self, url: str) -> Deferred[bool]:
+        """
+        Probe C{url} once.
+
+        @return: a L{Deferred} that fires with C{True} when the upstream
+            answered 200 (its body read and discarded), and with C{False} for
+            any other status, a refused or failed connection, or no complete
+            answer within the timeout.  It never errbacks, except with
+            L{twisted.internet.defer.CancelledError} when the caller cancels.
+        """
+        requested = self._agent.request(b"GET", url.encode("utf-8"))
+        requested.addCallback(self._readBody)
+        # addTimeout turns its own cancellation into TimeoutError and leaves
+        # a caller's cancel() a CancelledError.
+        requested.addTimeout(self._timeout, self._clock)  # type: ignore[arg-type]
+
+        def failed(reason: Failure) -> bool | Failure:
+            if reason.check(CancelledError):
+                return reason
+            self.log.debug(
+                "health probe {url} failed: {error}",
+                url=url,
+                error=reason.getErrorMessage(),
+            )
+            return False
+
+        requested.addErrback(failed)
+        return requested
+
+    def _readBody(self, response: IResponse) -> Deferred[bool]:
+        done: Deferred[None] = Deferred(lambda _: body.stop())
+        body = _Discard(done)
+        response.deliverBody(body)
+        code = response.code
+        return done.addCallback(lambda _: code == 200)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the pool's cached connections.
+
+        @return: a L{Deferred} that fires when they are closed.
+        """
+        return self._pool.closeCachedConnections()

@@ -1,0 +1,439 @@
+# -*- test-case-name: tests.test_upstream_process,tests.integration.test_upstream_real -*-
+"""
+Spawning upstream commands in their own process group, and watching them.
+
+L{UpstreamProcessProtocol} line-buffers a child's output, remembers the last
+lines, and tells any number of callers when the child has been reaped.
+L{Launcher} starts a command in a new session (so that its pid is also its
+process-group id) and signals or inspects the whole group, so that a wrapper
+such as C{sh -c "server & ..."} cannot leave a grandchild behind.
+
+See DESIGN.md "One upstream's lifecycle" and STYLE.md section 2, pitfalls 6
+to 8.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sys
+from collections import deque
+from typing import Callable, Mapping, Sequence
+
+from zope.interface import implementer
+
+from twisted.internet import process as _twistedProcess
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from llamaswap.interfaces import ILauncher
+
+__all__ = [
+    "UpstreamProcessProtocol",
+    "Launcher",
+    "becomeSubreaper",
+    "reapOrphans",
+    "procGroupAlive",
+]
+
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+# A child that writes a very long line without a newline (a progress bar,
+# say) must not make us buffer without bound.
+_MAX_PARTIAL = 64 * 1024
+
+# prctl(2) option; see <linux/prctl.h>.
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Used when util-linux setsid(1) is not installed: the same effect, with the
+# interpreter we already run under.  sys.argv is ["-c", program, args...].
+_SETSID_FALLBACK = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+_PROC = "/proc"
+
+# Default of Launcher(setsid=...): look it up with shutil.which.
+_WHICH = object()
+
+
+class UpstreamProcessProtocol(ProcessProtocol):
+    """
+    The protocol of one upstream (or stop) command.
+
+    Every complete line of stdout and stderr is logged with the C{model},
+    C{stream} and C{line} keys and handed to C{onOutput(model, stream, line)};
+    the last lines of both streams, interleaved as they arrived, are kept for
+    L{outputTail}.
+
+    @ivar model: the model id the output is tagged with.
+    @ivar exitReason: L{None} until the child has been reaped, then the exit
+        reason value (L{twisted.internet.error.ProcessDone} or
+        L{twisted.internet.error.ProcessTerminated}).
+    @ivar endReason: the same, once the pipes are closed too.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        model: str,
+        onOutput: Callable[[str, str, str], object] | None = None,
+        keepLines: int = 50,
+    ) -> None:
+        """
+        @param model: the model id to tag output with.
+        @param onOutput: called as C{onOutput(model, stream, line)} for each
+            complete line, C{stream} being C{"stdout"} or C{"stderr"}.
+        @param keepLines: how many lines L{outputTail} can return at most.
+        """
+        self.model = model
+        self.exitReason: object | None = None
+        self.endReason: object | None = None
+        self._onOutput = onOutput
+        self._exited = False
+        self._exitWaiters: list[Deferred[object]] = []
+        self._ended = False
+        self._endWaiters: list[Deferred[object]] = []
+        self._partial: dict[int, bytes] = {}
+        self._tail: deque[str] = deque(maxlen=keepLines)
+
+    # -- public API ---------------------------------------------------------
+
+    def whenExited(self) -> Deferred[object]:
+        """
+        Wait until the child has been reaped.
+
+        @return: a new L{Deferred} for each caller that fires with the exit
+            reason value (L{ProcessDone} or L{ProcessTerminated}, never a
+            L{Failure}) once C{processExited} has run; at once if it already
+            has.
+        """
+        if self._exited:
+            return succeed(self.exitReason)
+        d: Deferred[object] = Deferred()
+        self._exitWaiters.append(d)
+        return d
+
+    def whenEnded(self) -> Deferred[object]:
+        """
+        Wait until the child has been reaped and every pipe to it is closed
+        (C{processEnded}).  A grandchild that keeps the pipes open delays
+        this; prefer L{whenExited} to learn that the process is gone.
+
+        @return: a new L{Deferred} for each caller that fires with the end
+            reason value (never a L{Failure}); at once if it already has.
+        """
+        if self._ended:
+            return succeed(self.endReason)
+        d: Deferred[object] = Deferred()
+        self._endWaiters.append(d)
+        return d
+
+    def outputTail(self, lines: int = 20) -> str:
+        """
+        @return: the last C{lines} output lines (at most the number kept),
+            joined with newlines; the empty string when there are none.
+        """
+        if lines <= 0:
+            return ""
+        kept = list(self._tail)
+        return "\n".join(kept[-lines:])
+
+    # -- ProcessProtocol ----------------------------------------------------
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Split C{data} into lines, keeping an unfinished line for later.
+        """
+        buffered = self._partial.get(childFD, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        if len(rest) > _MAX_PARTIAL:
+            lines.append(rest)
+            rest = b""
+        self._partial[childFD] = rest
+        stream = _STREAMS.get(childFD, "fd{}".format(childFD))
+        for line in lines:
+            self._emit(stream, line)
+
+    def processExited(self, reason: Failure) -> None:
+        """
+        The child has been reaped: fire every L{whenExited} waiter with the
+        exit reason value.
+        """
+        if self._exited:
+            return
+        self._exited = True
+        self.exitReason = reason.value
+        waiters, self._exitWaiters = self._exitWaiters, []
+        for d in waiters:
+            d.callback(reason.value)
+
+    def processEnded(self, reason: Failure) -> None:
+        """
+        The child has been reaped and its pipes are closed: flush any
+        unfinished lines.
+        """
+        for childFD, rest in sorted(self._partial.items()):
+            if rest:
+                self._partial[childFD] = b""
+                self._emit(_STREAMS.get(childFD, "fd{}".format(childFD)), rest)
+        self.processExited(reason)
+        if self._ended:
+            return
+        self._ended = True
+        self.endReason = reason.value
+        waiters, self._endWaiters = self._endWaiters, []
+        for d in waiters:
+            d.callback(reason.value)
+
+    # -- internals ----------------------------------------------------------
+
+    def _emit(self, stream: str, raw: bytes) -> None:
+        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        self._tail.append(line)
+        self.log.info("[{model}] {line}", model=self.model, stream=stream, line=line)
+        if self._onOutput is not None:
+            try:
+                self._onOutput(self.model, stream, line)
+            except Exception:
+                self.log.failure(
+                    "[{model}] output callback failed", model=self.model
+                )
+
+
+def procGroupAlive(pgid: int, procRoot: str = _PROC) -> bool:
+    """
+    Scan C{procRoot} for a process of the group C{pgid} that is not a zombie.
+
+    @return: C{True} while any process whose pgrp is C{pgid} is in a state
+        other than C{Z} (zombie) or C{X}/C{x} (dead).
+    """
+    try:
+        names = os.listdir(procRoot)
+    except OSError:
+        return False
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, _ppid, pgrp = stat
+        if pgrp == pgid and state not in ("Z", "X", "x"):
+            return True
+    return False
+
+
+def _readStat(path: str) -> tuple[str, int, int] | None:
+    """
+    @return: C{(state, ppid, pgrp)} from a C{/proc/<pid>/stat} file, or
+        L{None} if it cannot be read (the process is gone).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces and
+    # parentheses: the fields we want follow the last ")".
+    end = data.rfind(b")")
+    fields = data[end + 2 :].split()
+    if end < 0 or len(fields) < 3:
+        return None
+    try:
+        return fields[0].decode("ascii"), int(fields[1]), int(fields[2])
+    except ValueError:
+        return None
+
+
+def becomeSubreaper(enable: bool = True) -> bool:
+    """
+    Make this process a child subreaper (Linux C{PR_SET_CHILD_SUBREAPER}), so
+    that the orphaned grandchildren of our upstreams are re-parented to us and
+    can be reaped by L{reapOrphans} rather than by an init that may not reap.
+
+    @param enable: C{False} undoes it (tests).
+
+    @return: C{True} if the setting was applied, C{False} where that is not
+        supported.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    prctl.restype = ctypes.c_int
+    return prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) == 0
+
+
+def reapOrphans(
+    procRoot: str = _PROC,
+    waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
+    getpid: Callable[[], int] = os.getpid,
+    twistedChildren: Mapping[int, object] | None = None,
+) -> list[int]:
+    """
+    Reap every zombie child of this process that Twisted does not own.
+
+    When we are a subreaper (L{becomeSubreaper}) the orphans of our upstreams
+    become our children; nobody else waits for them.  Children that Twisted
+    spawned (the pids in C{twisted.internet.process.reapProcessHandlers}) are
+    left alone: Twisted reaps them and reports their exit status.
+
+    @return: the pids that were reaped.
+    """
+    if twistedChildren is None:
+        twistedChildren = _twistedProcess.reapProcessHandlers
+    me = getpid()
+    try:
+        names = os.listdir(procRoot)
+    except OSError:
+        return []
+    reaped = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in twistedChildren:
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, ppid, _pgrp = stat
+        if ppid != me or state != "Z":
+            continue
+        try:
+            donePid, _status = waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if donePid == pid:
+            reaped.append(pid)
+    return reaped
+
+
+@implementer(ILauncher)
+class Launcher:
+    """
+    Spawns commands in a new session and process group, and signals groups.
+
+    The command is prefixed with util-linux C{setsid}: the spawned child is
+    not a group leader, so C{setsid} calls C{setsid()} and execs in place and
+    the transport's C{pid} is the new group's id.  Without C{setsid(1)} a tiny
+    Python prefix does the same.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: object,
+        *,
+        killpg: Callable[[int, int], None] = os.killpg,
+        groupAlive: Callable[[int], bool] | None = None,
+        setsid: str | None | object = _WHICH,
+        reap: Callable[[], Sequence[int]] = reapOrphans,
+    ) -> None:
+        """
+        @param reactor: an C{IReactorProcess} provider.
+        @param killpg: C{os.killpg} or a test double.
+        @param groupAlive: overrides L{groupAlive}; by default a C{/proc}
+            scan on Linux, C{killpg(pgid, 0)} elsewhere.
+        @param setsid: the path of C{setsid(1)}; by default found with
+            C{shutil.which("setsid")}; L{None} forces the Python fallback.
+        @param reap: overrides L{reapOrphans} (tests).
+        """
+        self._reactor = reactor
+        self._killpg = killpg
+        self._groupAlive = groupAlive
+        self._reap = reap
+        if setsid is _WHICH:
+            setsid = shutil.which("setsid")
+        if setsid is None:
+            self.prefix: tuple[str, ...] = (sys.executable, "-c", _SETSID_FALLBACK)
+        else:
+            self.prefix = (str(setsid),)
+        self._useProc = os.path.exists(os.path.join(_PROC, "self", "stat"))
+
+    def spawn(
+        self,
+        model: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        protocol: ProcessProtocol,
+    ) -> object:
+        """
+        Start C{argv} in a new session and process group, with exactly the
+        environment C{env}, stdin closed.
+
+        @return: the C{IProcessTransport}; its C{pid} is the group id.
+        @raise OSError: if the process cannot be spawned at all.  (A missing
+            command is reported by C{setsid} instead: it exits with status 1
+            and says why on stderr.)
+        """
+        fullArgv = [*self.prefix, *argv]
+        transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
+            protocol, fullArgv[0], fullArgv, env=dict(env), path=None
+        )
+        transport.closeStdin()
+        self.log.info(
+            "[{model}] spawned process group {pgid}: {argv}",
+            model=model,
+            pgid=transport.pid,
+            argv=list(argv),
+        )
+        return transport
+
+    def signalGroup(self, pgid: int, signal: int) -> None:
+        """
+        Send C{signal} to every process of the group C{pgid}; a group that is
+        already gone is not an error.
+        """
+        try:
+            self._killpg(pgid, signal)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            self.log.warn(
+                "not allowed to send signal {signal} to process group {pgid}",
+                signal=signal,
+                pgid=pgid,
+            )
+
+    def groupAlive(self, pgid: int) -> bool:
+        """
+        @return: C{True} while any process of the group C{pgid} is alive;
+            zombies count as dead.
+        """
+        if self._groupAlive is not None:
+            return self._groupAlive(pgid)
+        try:
+            self._killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        if not self._useProc:
+            return True
+        return procGroupAlive(pgid)
+
+    def reapOrphans(self) -> int:
+        """
+        Reap the zombie orphans re-parented to us (see L{reapOrphans}).
+
+        @return: how many were reaped.
+        """
+        reaped = self._reap()
+        if reaped:
+            self.log.debug("reaped orphaned processes {pids}", pids=list(reaped))
+        return len(reaped)

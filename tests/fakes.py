@@ -1,0 +1,270 @@
+"""
+Test doubles shared by the test modules.
+
+Each double is small, documented, and driven explicitly by the test: nothing
+here runs a real process, opens a socket or touches the global reactor.
+
+Processes (cf. C{twisted/runner/test/test_procmon.py} C{DummyProcessReactor}):
+    - L{FakeProcess}: an C{IProcessTransport} whose exit and output the test
+      drives.
+    - L{FakeProcessReactor}: a L{MemoryReactorClock} with a fake
+      C{spawnProcess}.
+    - L{FakeLauncher}: an C{ILauncher} that records spawns and group signals
+      and lets the test decide whether a group is alive.
+
+Upstreams:
+    - L{FakeProbe}: an C{IHealthProbe} whose answers the test fires.
+    - L{StubModelConfig}: the attributes of C{llamaswap.config.ModelConfig}
+      that the upstream machine reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import attr
+from zope.interface import implementer
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from llamaswap.interfaces import IHealthProbe, ILauncher
+
+
+class FakeProcess:
+    """
+    A fake C{IProcessTransport}, connected to its protocol at creation.
+
+    @ivar argv: the full argv the process was spawned with.
+    @ivar env: the environment dict it was spawned with.
+    @ivar signals: what L{signalProcess} was called with, in order.
+    @ivar exited: whether L{exit} was called.
+    """
+
+    def __init__(
+        self,
+        proto: Any,
+        executable: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        path: str | None,
+        pid: int,
+    ) -> None:
+        self.proto = proto
+        self.executable = executable
+        self.argv = list(argv)
+        self.env = env
+        self.path = path
+        self.pid: int | None = pid
+        self.originalPid = pid
+        self.signals: list[Any] = []
+        self.stdinClosed = False
+        self.exited = False
+        proto.makeConnection(self)
+
+    # IProcessTransport (the parts our code uses)
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+    def closeStdout(self) -> None:
+        pass
+
+    def closeStderr(self) -> None:
+        pass
+
+    def closeChildFD(self, descriptor: int) -> None:
+        pass
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def signalProcess(self, signalID: Any) -> None:
+        self.signals.append(signalID)
+
+    def loseConnection(self) -> None:
+        pass
+
+    # Test drivers
+    def emit(self, data: bytes, fd: int = 1) -> None:
+        """
+        The process writes C{data} on C{fd} (1: stdout, 2: stderr).
+        """
+        self.proto.childDataReceived(fd, data)
+
+    def exit(self, code: int = 0, signal: int | None = None) -> None:
+        """
+        The process exits and is reaped: C{processExited}, then
+        C{processEnded}, as Twisted does when the pipes close with it.
+        """
+        reason = Failure(
+            ProcessDone(0)
+            if code == 0 and signal is None
+            else ProcessTerminated(None if signal is not None else code, signal)
+        )
+        self.exited = True
+        self.pid = None
+        self.proto.processExited(reason)
+        self.proto.processEnded(reason)
+
+
+class FakeProcessReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} whose C{spawnProcess} creates L{FakeProcess}es.
+
+    @ivar spawned: every process spawned, in order.
+    @ivar spawnCalls: the C{(executable, args, env, path)} of each call.
+    @ivar spawnError: if set, C{spawnProcess} raises it.
+    """
+
+    def __init__(self, firstPid: int = 1000) -> None:
+        super().__init__()
+        self.spawned: list[FakeProcess] = []
+        self.spawnCalls: list[tuple[str, list[str], Any, Any]] = []
+        self.spawnError: BaseException | None = None
+        self._nextPid = firstPid
+
+    def spawnProcess(
+        self,
+        processProtocol: Any,
+        executable: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        path: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: Any = None,
+    ) -> FakeProcess:
+        self.spawnCalls.append((executable, list(args), env, path))
+        if self.spawnError is not None:
+            raise self.spawnError
+        process = FakeProcess(processProtocol, executable, args, env, path, self._nextPid)
+        self._nextPid += 1
+        self.spawned.append(process)
+        return process
+
+
+@implementer(ILauncher)
+class FakeLauncher:
+    """
+    An C{ILauncher} (plus C{groupAlive} and C{reapOrphans}) that spawns
+    L{FakeProcess}es with pid == pgid.
+
+    A group is alive while its leader has not exited, or while its pgid is in
+    L{lingering} (a grandchild that outlives the leader).
+
+    @ivar spawned: every L{FakeProcess}, in order.
+    @ivar spawns: the C{(model, argv, env)} of each spawn.
+    @ivar signals: every C{(pgid, signal)} sent with L{signalGroup}.
+    @ivar lingering: pgids whose group stays alive after the leader exits.
+    @ivar spawnError: if set, L{spawn} raises it.
+    @ivar reaps: how many times L{reapOrphans} was called.
+    """
+
+    def __init__(self, firstPid: int = 4000) -> None:
+        self.spawned: list[FakeProcess] = []
+        self.spawns: list[tuple[str, list[str], dict[str, str]]] = []
+        self.signals: list[tuple[int, int]] = []
+        self.lingering: set[int] = set()
+        self.spawnError: BaseException | None = None
+        self.reaps = 0
+        self._nextPid = firstPid
+
+    def spawn(
+        self, model: str, argv: Sequence[str], env: Mapping[str, str], protocol: Any
+    ) -> FakeProcess:
+        if self.spawnError is not None:
+            raise self.spawnError
+        self.spawns.append((model, list(argv), dict(env)))
+        process = FakeProcess(protocol, argv[0], argv, dict(env), None, self._nextPid)
+        self._nextPid += 1
+        self.spawned.append(process)
+        return process
+
+    def signalGroup(self, pgid: int, signal: int) -> None:
+        self.signals.append((pgid, signal))
+
+    def groupAlive(self, pgid: int) -> bool:
+        if pgid in self.lingering:
+            return True
+        return any(p.originalPid == pgid and not p.exited for p in self.spawned)
+
+    def reapOrphans(self) -> int:
+        self.reaps += 1
+        return 0
+
+    # Test helpers
+    @property
+    def last(self) -> FakeProcess:
+        """
+        The most recently spawned process.
+        """
+        return self.spawned[-1]
+
+    def signalsTo(self, pgid: int) -> list[int]:
+        """
+        @return: the signals sent to the group C{pgid}, in order.
+        """
+        return [sig for (group, sig) in self.signals if group == pgid]
+
+
+@implementer(IHealthProbe)
+class FakeProbe:
+    """
+    An C{IHealthProbe} whose answers the test gives.
+
+    @ivar checks: C{(url, Deferred)} for every probe, in order.
+    @ivar cancelled: the URL of every probe its caller cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[str, Deferred[bool]]] = []
+        self.cancelled: list[str] = []
+
+    def check(self, url: str) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred(lambda _: self.cancelled.append(url))
+        self.checks.append((url, d))
+        return d
+
+    @property
+    def urls(self) -> list[str]:
+        """
+        The URL of every probe, in order.
+        """
+        return [url for url, _ in self.checks]
+
+    @property
+    def pending(self) -> list[Deferred[bool]]:
+        """
+        The probes not answered (nor cancelled) yet.
+        """
+        return [d for _, d in self.checks if not d.called]
+
+    def answer(self, healthy: bool) -> None:
+        """
+        Answer the one pending probe.
+        """
+        [d] = self.pending
+        d.callback(healthy)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class StubModelConfig:
+    """
+    The attributes of C{llamaswap.config.ModelConfig} that
+    C{UpstreamMachine} reads, with harmless defaults.
+    """
+
+    id: str = "m1"
+    argv: tuple[str, ...] = ("llama-server", "--port", "5800")
+    cmd: str = "llama-server --port 5800"
+    cmdStopArgv: tuple[str, ...] = ()
+    proxy: str = "http://localhost:5800"
+    checkEndpoint: str | None = "/health"
+    env: tuple[tuple[str, str], ...] = ()
+    unloadTimeout: int = 10
