@@ -13,6 +13,7 @@ from twisted.web.server import Site
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
+from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.web.app import LlamaSwapAPI
 
 
@@ -32,7 +33,7 @@ class _Housekeeping(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._launcher.becomeSubreaper():
+        if becomeSubreaper():
             self.log.debug("reaping orphaned upstream processes as a subreaper")
 
     def stopService(self) -> Deferred[None]:

@@ -163,6 +163,9 @@ class FakeLauncher:
     @ivar signals: every C{(pgid, signal)} sent with L{signalGroup}.
     @ivar lingering: pgids whose group stays alive after the leader exits.
     @ivar spawnError: if set, L{spawn} raises it.
+    @ivar exitDuringSpawn: if set, every process exits with this code before
+        L{spawn} returns (Twisted can reap a fast child that early, leaving
+        the transport's C{pid} L{None}).
     @ivar reaps: how many times L{reapOrphans} was called.
     """
 
@@ -172,6 +175,7 @@ class FakeLauncher:
         self.signals: list[tuple[int, int]] = []
         self.lingering: set[int] = set()
         self.spawnError: BaseException | None = None
+        self.exitDuringSpawn: int | None = None
         self.reaps = 0
         self._nextPid = firstPid
 
@@ -184,6 +188,8 @@ class FakeLauncher:
         process = FakeProcess(protocol, argv[0], argv, dict(env), None, self._nextPid)
         self._nextPid += 1
         self.spawned.append(process)
+        if self.exitDuringSpawn is not None:
+            process.exit(self.exitDuringSpawn)
         return process
 
     def signalGroup(self, pgid: int, signal: int) -> None:

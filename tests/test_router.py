@@ -256,11 +256,11 @@ class RouterTests(SynchronousTestCase):
         self.assertNoResult(done)
         self.m["a"].finishStop()
         self.successResultOf(done)
-        self.assertEqual(self.router.running(), [])
+        self.assertEqual(self.router.runningModels(), [])
 
     def test_runningShowsLiveModels(self):
         self.ready("a")
-        [record] = self.router.running()
+        [record] = self.router.runningModels()
         self.assertEqual(record["model"], "a")
         self.assertEqual(record["state"], "ready")
         self.assertEqual(record["inFlight"], 1)

@@ -441,6 +441,45 @@ class StartFailureTests(MachineTestCase):
         )
         self.assertEqual(self.exits, [])
 
+    def test_exitedDuringSpawn(self) -> None:
+        """
+        A child reaped before spawn() returns (its transport's pid already
+        None) still fails the start, and its group is still killed by its
+        id.
+        """
+        self.launcher.exitDuringSpawn = 127
+        machine = self.machine()
+        started = machine.start()
+        self.assertEqual(
+            self.startError(started),
+            "upstream command exited prematurely (exit code 127)",
+        )
+        process = self.launcher.last
+        self.assertIsNone(process.pid)
+        self.assertEqual(self.launcher.signals, [(process.originalPid, KILL)])
+        self.assertEqual(machine.state, "failed")
+        self.assertEqual(self.probe.pending, [])
+        self.assertEqual(len(self.probe.cancelled), 1)
+
+    def test_exitedDuringSpawnWithoutCheck(self) -> None:
+        """
+        Without a readiness check such a child is ready, then crashed.
+        """
+        self.launcher.exitDuringSpawn = 1
+        machine = self.machine(checkEndpoint=None)
+        self.successResultOf(machine.start())
+        self.assertEqual(machine.state, "failed")
+        self.assertEqual(len(self.exits), 1)
+        self.assertEqual(
+            self.transitions,
+            [
+                ("stopped", "starting"),
+                ("starting", "ready"),
+                ("ready", "stopping"),
+                ("stopping", "failed"),
+            ],
+        )
+
     def test_exitedWhileStartingBySignal(self) -> None:
         """
         A signal is named in the message; exit code 0 is premature too.

@@ -150,6 +150,15 @@ class ProtocolTests(SynchronousTestCase):
         self.assertIsInstance(self.successResultOf(ended), ProcessDone)
         self.assertIsInstance(self.successResultOf(self.proto.whenEnded()), ProcessDone)
 
+    def test_pidKept(self) -> None:
+        """
+        The pid is taken at connection and kept after the child is reaped.
+        """
+        self.assertEqual(self.proto.pid, 1000)
+        self.process.exit(0)
+        self.assertIsNone(self.process.pid)
+        self.assertEqual(self.proto.pid, 1000)
+
     def test_processEndedWithoutExited(self) -> None:
         """
         processEnded alone also fires whenExited.

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -90,6 +90,24 @@ class BytesProducer:
         pass
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory, without a "Starting factory" log line
+    for every upstream connection.
+    """
+
+    noisy = False
+
+
+def quietPool(reactor, persistent: bool = True) -> HTTPConnectionPool:
+    """
+    @return: an L{HTTPConnectionPool} whose connections are not logged.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietClientFactory  # type: ignore[attr-defined]
+    return pool
+
+
 class UpstreamAgents:
     """
     One L{Agent} with its own persistent L{HTTPConnectionPool} per upstream.
@@ -110,7 +128,7 @@ class UpstreamAgents:
         """
         entry = self._agents.get(key)
         if entry is None:
-            pool = HTTPConnectionPool(self._reactor, persistent=True)
+            pool = quietPool(self._reactor)
             pool.maxPersistentPerHost = max(parallel, 2)
             pool.retryAutomatically = False
             agent = Agent(self._reactor, connectTimeout=self._connectTimeout, pool=pool)

@@ -154,7 +154,7 @@ class RouterService(Service):
         self._step()
         return d
 
-    def running(self) -> list[dict]:
+    def runningModels(self) -> list[dict]:
         """
         @return: one record per model that is not stopped, sorted by id, in
             the shape of the reference's C{/running} plus C{inFlight}.

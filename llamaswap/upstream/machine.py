@@ -243,7 +243,9 @@ class _Termination:
                     "[{model}] stopping with cmdStop {argv}", model=model.id, argv=argv
                 )
                 protocol.whenExited().addCallback(self._stopCommandExited, argv)
-                self._groups.append((transport.pid, protocol))
+                stopPid = protocol.pid if protocol.pid is not None else transport.pid
+                if stopPid is not None:
+                    self._groups.append((stopPid, protocol))
                 return
         if run.pgid is not None:
             core.launcher.signalGroup(run.pgid, signal.SIGTERM)
@@ -414,10 +416,7 @@ class _Core:
                 "failed to start command '{}': {}".format(model.cmd, e)
             )
             return run
-        run.pgid = transport.pid
-        protocol.whenExited().addCallback(self._leaderExited, upstream, run).addErrback(
-            self._bug, "handling the exit"
-        )
+        run.pgid = protocol.pid if protocol.pid is not None else transport.pid
         if model.checkEndpoint is None:
             upstream._healthy()
         else:
@@ -427,6 +426,11 @@ class _Core:
                 self.healthCheckTimeout, self._deadlinePassed, upstream, run
             )
             self._probe(upstream, run)
+        # Last: a child that is already gone makes this fire at once, and
+        # Automat handles its _exited after what was fed above.
+        protocol.whenExited().addCallback(self._leaderExited, upstream, run).addErrback(
+            self._bug, "handling the exit"
+        )
         return run
 
     def _leaderExited(self, reason: object, upstream: _Upstream, run: _Run) -> None:

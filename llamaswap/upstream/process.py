@@ -68,6 +68,10 @@ class UpstreamProcessProtocol(ProcessProtocol):
     L{outputTail}.
 
     @ivar model: the model id the output is tagged with.
+    @ivar pid: the child's pid (its process-group id when spawned by
+        L{Launcher}), taken when the transport connects.  Unlike the
+        transport's C{pid} it stays set after the child is reaped, which can
+        happen before C{spawnProcess} even returns.
     @ivar exitReason: L{None} until the child has been reaped, then the exit
         reason value (L{twisted.internet.error.ProcessDone} or
         L{twisted.internet.error.ProcessTerminated}).
@@ -89,6 +93,7 @@ class UpstreamProcessProtocol(ProcessProtocol):
         @param keepLines: how many lines L{outputTail} can return at most.
         """
         self.model = model
+        self.pid: int | None = None
         self.exitReason: object | None = None
         self.endReason: object | None = None
         self._onOutput = onOutput
@@ -142,6 +147,13 @@ class UpstreamProcessProtocol(ProcessProtocol):
         return "\n".join(kept[-lines:])
 
     # -- ProcessProtocol ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Remember the pid: Twisted connects the protocol before it first tries
+        to reap the child, so the pid is still known here.
+        """
+        self.pid = getattr(self.transport, "pid", None)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         """
@@ -376,20 +388,26 @@ class Launcher:
         Start C{argv} in a new session and process group, with exactly the
         environment C{env}, stdin closed.
 
-        @return: the C{IProcessTransport}; its C{pid} is the group id.
+        @return: the C{IProcessTransport}; its C{pid} is the group id.  A
+            child that exits at once may already have been reaped when this
+            returns, and then the transport's C{pid} is L{None}; an
+            L{UpstreamProcessProtocol} keeps it in its C{pid} attribute.
         @raise OSError: if the process cannot be spawned at all.  (A missing
-            command is reported by C{setsid} instead: it exits with status 1
-            and says why on stderr.)
+            command is reported by C{setsid} instead: it exits with status
+            127 and says why on stderr.)
         """
         fullArgv = [*self.prefix, *argv]
         transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
             protocol, fullArgv[0], fullArgv, env=dict(env), path=None
         )
         transport.closeStdin()
+        pgid = transport.pid
+        if pgid is None:
+            pgid = getattr(protocol, "pid", None)
         self.log.info(
             "[{model}] spawned process group {pgid}: {argv}",
             model=model,
-            pgid=transport.pid,
+            pgid=pgid,
             argv=list(argv),
         )
         return transport

@@ -230,7 +230,7 @@ class LlamaSwapAPI:
 
     @app.route("/running", methods=["GET"])
     def running(self, request) -> bytes:
-        return _json(request, {"running": self.router.running()})
+        return _json(request, {"running": self.router.runningModels()})
 
     @app.route("/api/models/unload", methods=["POST"])
     async def unloadAll(self, request) -> bytes:

@@ -75,7 +75,9 @@ class _RecordingLauncher(Launcher):
     def spawn(self, model: str, argv: Any, env: Any, protocol: Any) -> Any:
         transport = super().spawn(model, argv, env, protocol)
         self.protocols.append(protocol)
-        self.pids.append(transport.pid)
+        # transport.pid is None already if the child was reaped during spawn.
+        if protocol.pid is not None:
+            self.pids.append(protocol.pid)
         return transport
 
     async def allEnded(self) -> None:

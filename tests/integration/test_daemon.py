@@ -1,0 +1,164 @@
+"""
+llamaswap as users run it: C{twistd -n llamaswap} in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from treq.client import HTTPClient
+
+from tests.integration.support import (
+    PROJECT_ROOT,
+    alive,
+    eventually,
+    freePort,
+    freePortRun,
+    groupMembers,
+)
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Collect(ProcessProtocol):
+    """
+    Collects a child's output; C{ended} fires with its exit reason (the
+    exception, never a Failure: callback() with a Failure would errback).
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Exception] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+
+def childEnv() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [PROJECT_ROOT, env.get("PYTHONPATH", "")] if p
+    )
+    return env
+
+
+def runTwistd(testCase: TestCase, *args: str) -> Collect:
+    """
+    Start C{twistd} with C{args}; make sure it is gone after the test.
+    """
+    proto = Collect()
+    argv = [*TWISTD, "--pidfile=", *args]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=childEnv(), path=PROJECT_ROOT)
+
+    async def cleanup() -> None:
+        if not proto.ended.called:
+            transport.signalProcess("KILL")
+            await proto.ended
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return proto
+
+
+STUBBORN = (
+    # The shell ignores SIGTERM and so does its background grandchild; the
+    # demo (a child) answers requests.  Only a group KILL ends them all.
+    "sh -c \"trap '' TERM; sleep 300 & {python} -m llamaswap.demo --port ${{PORT}} "
+    "--model stubborn; wait\""
+)
+
+
+class TwistdTests(TestCase):
+    timeout = 90
+
+    def test_helpListsThePlugin(self) -> Deferred[None]:
+        async def run() -> None:
+            proto = runTwistd(self, "--help")
+            await proto.ended
+            self.assertIn(b"llamaswap", proto.output)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_badConfigExitsNonZeroNamingTheKey(self) -> Deferred[None]:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("models:\n  qwen:\n    cmd: srv\n    ttl: ten\n")
+
+        async def run() -> None:
+            proto = runTwistd(self, "-n", "llamaswap", "-c", path)
+            reason = await proto.ended
+            self.assertNotEqual(reason.exitCode, 0)
+            self.assertIn(b"models.qwen.ttl", proto.output)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_servesSwapsAndLeavesNothingBehind(self) -> Deferred[None]:
+        port = freePort()
+        path = os.path.abspath(self.mktemp())
+        python = json.dumps(sys.executable)
+        with open(path, "w") as f:
+            f.write(
+                f"startPort: {freePortRun(2)}\n"
+                "unloadTimeout: 1\n"
+                "models:\n"
+                "  demo:\n"
+                "    cmd: |\n"
+                f"      {python} -m llamaswap.demo --port ${{PORT}} --model demo\n"
+                "  stubborn:\n"
+                "    cmd: |\n"
+                f"      {STUBBORN.format(python=python)}\n"
+            )
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        base = f"http://127.0.0.1:{port}"
+
+        async def chat(model: str) -> int:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            response = await http.post(
+                base + "/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            self.assertEqual(response.code, 200, await response.content())
+            await response.content()
+            return int(response.headers.getRawHeaders(b"x-demo-pid")[0])
+
+        async def healthy() -> bool:
+            if proto.ended.called:
+                self.fail("twistd exited:\n" + proto.output.decode(errors="replace"))
+            try:
+                response = await http.get(base + "/health")
+                return (await response.content()) == b"OK"
+            except Exception:
+                return False
+
+        proto = runTwistd(self, "-n", "llamaswap", "-c", path, "--listen", f"127.0.0.1:{port}")
+
+        async def run() -> None:
+            await eventually(healthy, timeout=30)
+            demoPid = await chat("demo")
+            stubbornPid = await chat("stubborn")
+            self.assertFalse(alive(demoPid))
+            group = os.getpgid(stubbornPid)
+            members = groupMembers(group)
+            self.assertGreaterEqual(len(members), 3)  # sh, sleep, demo
+
+            os.kill(proto.transport.pid, signal.SIGTERM)
+            reason = await proto.ended
+            # twistd re-raises the signal it stopped for once it has shut down.
+            self.assertIn(reason.exitCode or reason.signal, (0, signal.SIGTERM), proto.output)
+            self.assertIn(b"all upstreams stopped", proto.output)
+            self.assertEqual([p for p in members if alive(p)], [])
+
+        return Deferred.fromCoroutine(run())
