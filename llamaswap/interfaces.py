@@ -19,12 +19,29 @@ class ILauncher(Interface):
         process group, connected to C{protocol}.
 
         @return: the C{IProcessTransport}; its C{pid} is also the group id.
+            A child that exits at once may already be reaped, leaving the
+            transport's C{pid} as C{None}: the protocol records the pid when
+            it is connected.
         """
 
     def signalGroup(pgid, signal):
         """
         Send C{signal} to every process of the group C{pgid}; a group that is
         already gone is not an error.
+        """
+
+    def groupAlive(pgid):
+        """
+        @return: whether any process of the group C{pgid} is still alive
+            (zombies do not count).
+        """
+
+    def reapOrphans():
+        """
+        Reap the orphaned grandchildren that were re-parented to this process
+        (see C{becomeSubreaper}), leaving Twisted's own children alone.
+
+        @return: how many were reaped.
         """
 
 

@@ -298,3 +298,20 @@ class APITests(SynchronousTestCase):
     def test_unloadUnknownIs404(self):
         response, body = self.request("POST", "/api/models/unload/nope")
         self.assertError(response, body, 404, "model not found")
+
+    def test_uiServesTheIndex(self):
+        response, body = self.request("GET", "/ui/")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"<title>llamaswap</title>", body)
+
+    def test_uiClientRoutesGetTheIndex(self):
+        response, body = self.request("GET", "/ui/models")
+        self.assertIn(b"<title>llamaswap</title>", body)
+
+    def test_uiMissingFileIs404(self):
+        response, _ = self.request("GET", "/ui/missing.js")
+        self.assertEqual(response.code, 404)
+
+    def test_uiRedirectsToTrailingSlash(self):
+        response, _ = self.request("GET", "/ui")
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/"])

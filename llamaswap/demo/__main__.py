@@ -89,13 +89,13 @@ def run(reactor: Any, options: Options) -> Any:
     """
     from twisted.internet.defer import Deferred
     from twisted.internet.error import CannotListenError
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner
 
     from llamaswap.demo.server import DemoServer, DemoSettings
 
-    globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
-    )
+    # Plain lines: whoever runs the demo (llamaswap) adds its own timestamps.
+    plain = FileLogObserver(sys.stderr, lambda event: formatEvent(event) + "\n")
+    globalLogBeginner.beginLoggingTo([plain], redirectStandardIO=False)
     settings = DemoSettings(
         model=options["model"],
         tokens=options["tokens"],

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from llamaswap.errors import UpstreamUnreachable
+from llamaswap.httpclient import quietPool
 
 HOP_BY_HOP = frozenset(
     {
@@ -88,24 +89,6 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without a "Starting factory" log line
-    for every upstream connection.
-    """
-
-    noisy = False
-
-
-def quietPool(reactor, persistent: bool = True) -> HTTPConnectionPool:
-    """
-    @return: an L{HTTPConnectionPool} whose connections are not logged.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
-    pool._factory = _QuietClientFactory  # type: ignore[attr-defined]
-    return pool
 
 
 class UpstreamAgents:

@@ -11,9 +11,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.iweb import IAgent, IResponse
 
+from llamaswap.httpclient import quietPool
 from llamaswap.interfaces import IHealthProbe
 
 __all__ = ["HealthProbe"]
@@ -67,7 +68,7 @@ class HealthProbe:
         """
         self._clock = reactor
         self._timeout = timeout
-        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._pool = quietPool(reactor, persistent=False)
         self._agent: IAgent = (
             agent
             if agent is not None

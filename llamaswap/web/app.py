@@ -17,6 +17,7 @@ from llamaswap.errors import UnknownModel
 from llamaswap.proxy.body import inspectBody, readBody
 from llamaswap.proxy.relay import RelayResource, UpstreamAgents
 from llamaswap.web.errors import renderError, toError, writeError
+from llamaswap.web.ui import UIResource, staticPath
 
 # POST routes whose JSON body names the model (SPEC.md section 3.4).
 BODY_ROUTES = (
@@ -104,6 +105,7 @@ class LlamaSwapAPI:
     @param router: the L{llamaswap.router.router.RouterService}.
     @param agents: the L{UpstreamAgents} to relay requests with.
     @param now: returns the current POSIX time (for C{created} fields).
+    @param staticDir: the web UI's files (default: the bundled ones).
     """
 
     app = Klein()
@@ -115,11 +117,13 @@ class LlamaSwapAPI:
         router,
         agents: UpstreamAgents,
         now: Callable[[], float] = time.time,
+        staticDir: str | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.agents = agents
         self.now = now
+        self.uiResource = UIResource(staticDir or staticPath())
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
 
     def resource(self):
@@ -227,6 +231,15 @@ class LlamaSwapAPI:
     def root(self, request) -> bytes:
         request.redirect(b"/ui")
         return b""
+
+    @app.route("/ui", methods=["GET", "HEAD"])
+    def uiRedirect(self, request) -> bytes:
+        request.redirect(b"/ui/")
+        return b""
+
+    @app.route("/ui/", branch=True, methods=["GET", "HEAD"])
+    def ui(self, request):
+        return self.uiResource
 
     @app.route("/running", methods=["GET"])
     def running(self, request) -> bytes:
