@@ -2255,3 +2255,24 @@ class ExampleFileTests(ConfigTestCase):
             "persistent", "members", "${env.",
         ):
             self.assertIn(key, text)
+
+
+class MaxQueueWaitTests(SynchronousTestCase):
+    """
+    llamaswap's own bound on waiting, C{maxQueueWait}.
+    """
+
+    def test_defaultIsThirtySeconds(self):
+        self.assertEqual(loadConfigText("models: {}").maxQueueWait, 30)
+
+    def test_offAndZeroDisableIt(self):
+        self.assertEqual(loadConfigText("maxQueueWait: off").maxQueueWait, 0)
+        self.assertEqual(loadConfigText("maxQueueWait: 0").maxQueueWait, 0)
+
+    def test_negativeIsAnError(self):
+        e = self.assertRaises(ConfigError, loadConfigText, "maxQueueWait: -1")
+        self.assertEqual(e.keyPath, "maxQueueWait")
+
+    def test_notANumberIsAnError(self):
+        e = self.assertRaises(ConfigError, loadConfigText, "maxQueueWait: soon")
+        self.assertIn("expected integer", str(e))

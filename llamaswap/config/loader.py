@@ -249,6 +249,8 @@ class _Builder:
         if maxRequestBodyMB <= 0:
             raise top.error("maxRequestBodyMB", "maxRequestBodyMB must be greater than 0")
 
+        maxQueueWait = self.maxQueueWait(top)
+
         macros = self.macros(top.section("macros"), "")
 
         profiles = top.raw("profiles")
@@ -299,6 +301,7 @@ class _Builder:
             sendLoadingState=sendLoadingState,
             includeAliasesInList=includeAliasesInList,
             maxRequestBodyMB=maxRequestBodyMB,
+            maxQueueWait=maxQueueWait,
             macros=macros,
             models=models,
             swap=swap,
@@ -309,6 +312,20 @@ class _Builder:
         )
 
     # -- top-level pieces -------------------------------------------------
+
+    def maxQueueWait(self, top: Any) -> int:
+        """
+        llamaswap's bound on waiting: an integer number of seconds, C{0} or
+        C{off} to wait as long as the reference does (without bound).
+        """
+        node = top.raw("maxQueueWait")
+        if isinstance(node, ScalarNode) and str(node.value).strip().lower() == "off":
+            top.ignore("maxQueueWait")
+            return 0
+        value = top.int("maxQueueWait", 30)
+        if value < 0:
+            raise top.error("maxQueueWait", "maxQueueWait must be >= 0 (or off)")
+        return value
 
     def performance(self, sec: Section) -> PerformanceConfig:
         disabled = sec.bool("disabled", False)

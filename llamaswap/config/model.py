@@ -267,6 +267,10 @@ class Config:
     @ivar peers: peer id -> L{PeerConfig}, sorted by id.
     @ivar macros: the global macros, in file order.
     @ivar maxRequestBodyMB: the cap on request bodies (llamaswap's own key).
+    @ivar maxQueueWait: seconds the oldest waiting request may wait for its
+        model while loaded models keep taking new requests; past it, the
+        models blocking its swap stop taking new requests, drain, and are
+        swapped out.  C{0} means no bound (llamaswap's own key).
     @ivar warnings: unknown keys and other things worth logging at load.
     """
 
@@ -283,6 +287,7 @@ class Config:
     sendLoadingState: bool = False
     includeAliasesInList: bool = False
     maxRequestBodyMB: int = 64
+    maxQueueWait: int = 30
     macros: MacroList = ()
     models: Dict[str, ModelConfig] = attr.Factory(dict)
     swap: Union[GroupsConfig, MatrixConfig] = attr.Factory(
