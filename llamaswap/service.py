@@ -81,7 +81,7 @@ def makeRootService(config, reactor, listen: str, launcher: Launcher | None = No
 
     router = RouterService(config, reactor=reactor, machineFactory=machineFactory)
     router.setServiceParent(root)
-    api = LlamaSwapAPI(config, router, agents)
+    api = LlamaSwapAPI(config, router, agents, clock=reactor)
     site = Site(api.resource())
     site.displayTracebacks = False
     web = strports.service(listen, site, reactor=reactor)

@@ -66,7 +66,9 @@ class APITests(SynchronousTestCase):
             machineFactory=lambda m, onExit: FakeMachine(m, onExit, self.machineLog),
         )
         self.agents = FakeAgents(self.clock)
-        api = LlamaSwapAPI(self.config, self.router, self.agents, now=lambda: 1700000000)
+        api = LlamaSwapAPI(
+            self.config, self.router, self.agents, clock=self.clock, now=lambda: 1700000000
+        )
         self.client = StubTreq(api.resource())
 
     def request(self, method, path, body=None, headers=None, ready=()):

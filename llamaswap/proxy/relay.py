@@ -186,6 +186,8 @@ class RelayResource(Resource):
     @param body: the request body to send.
     @param writeError: answers a request with an error and finishes it;
         used when the upstream cannot be reached.
+    @param headersSent: the client already has a status and headers (a
+        loading-state stream was written): append the upstream's body only.
     @param onDone: called once with C{(status or None, failure or None)}
         when the exchange has ended, whatever the outcome: the caller
         releases its lease there.
@@ -204,6 +206,7 @@ class RelayResource(Resource):
         onDone: Callable[[int | None, Failure | None], None],
         writeError: Callable[[object, Exception], None],
         modelId: str = "",
+        headersSent: bool = False,
     ) -> None:
         super().__init__()
         self.agent = agent
@@ -214,6 +217,7 @@ class RelayResource(Resource):
         self.onDone = onDone
         self.writeError = writeError
         self.modelId = modelId
+        self.headersSent = headersSent
         self._ended = False
 
     def _end(self, status: int | None, failure: Failure | None) -> None:
@@ -257,12 +261,13 @@ class RelayResource(Resource):
             if gone[0]:
                 response.deliverBody(_Discard())
                 return succeed(None)
-            request.setResponseCode(response.code, response.phrase)
-            for name, values in endToEnd(response.headers).getAllRawHeaders():
-                request.responseHeaders.setRawHeaders(name, values)
-            contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
-            if b"text/event-stream" in contentType:
-                request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
+            if not self.headersSent:
+                request.setResponseCode(response.code, response.phrase)
+                for name, values in endToEnd(response.headers).getAllRawHeaders():
+                    request.responseHeaders.setRawHeaders(name, values)
+                contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
+                if b"text/event-stream" in contentType:
+                    request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
             done: Deferred[None] = Deferred()
             relay.append(_BodyRelay(request, done, lambda: gone[0]))
             response.deliverBody(relay[0])

@@ -47,8 +47,10 @@ __all__ = ["UpstreamMachine", "UpstreamStartError", "goDuration"]
 FAILED_START_GRACE = 5.0
 
 #: Readiness probe backoff: the first probe goes out at once, then these.
+#: The cap bounds how late a ready upstream is noticed (a refused connect on
+#: loopback, or a 503 from a loading llama-server, costs microseconds).
 PROBE_FIRST_DELAY = 0.005
-PROBE_MAX_DELAY = 0.1
+PROBE_MAX_DELAY = 0.02
 
 #: How often a stopping group is checked for live processes.
 POLL_FIRST_DELAY = 0.005

@@ -11,12 +11,15 @@ from typing import Callable
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
-from llamaswap.errors import UnknownModel
+from llamaswap.errors import LlamaSwapError, UnknownModel
 from llamaswap.proxy.body import inspectBody, readBody
 from llamaswap.proxy.relay import RelayResource, UpstreamAgents
 from llamaswap.web.errors import renderError, toError, writeError
+from llamaswap.web.loading import LoadingStream
 from llamaswap.web.ui import UIResource, staticPath
 
 # POST routes whose JSON body names the model (SPEC.md section 3.4).
@@ -97,6 +100,25 @@ class _Preflight(Resource):
         return b""
 
 
+class _Appended(Resource):
+    """
+    Appends C{body} to a response whose headers were already sent, and
+    finishes it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+
+    def render(self, request) -> object:
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(self.body)
+            request.finish()
+        return NOT_DONE_YET
+
+
 class LlamaSwapAPI:
     """
     The Klein application.
@@ -104,6 +126,7 @@ class LlamaSwapAPI:
     @param config: the validated L{llamaswap.config.Config}.
     @param router: the L{llamaswap.router.router.RouterService}.
     @param agents: the L{UpstreamAgents} to relay requests with.
+    @param clock: schedules the loading-state stream's output.
     @param now: returns the current POSIX time (for C{created} fields).
     @param staticDir: the web UI's files (default: the bundled ones).
     """
@@ -116,12 +139,14 @@ class LlamaSwapAPI:
         config,
         router,
         agents: UpstreamAgents,
+        clock: IReactorTime,
         now: Callable[[], float] = time.time,
         staticDir: str | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.agents = agents
+        self.clock = clock
         self.now = now
         self.uiResource = UIResource(staticDir or staticPath())
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
@@ -144,10 +169,33 @@ class LlamaSwapAPI:
 
     # -- inference --------------------------------------------------------
 
-    async def _relay(self, request, upstreamPath: bytes):
+    async def _relay(self, request, upstreamPath: bytes, loadingState: bool = False):
         raw = readBody(request, self.bodyLimit)
         body = inspectBody(raw, request.getHeader(b"content-type"))
-        lease = await self.router.acquire(body.model)
+        loading = None
+        modelId = self.config.resolve(body.model)
+        if (
+            loadingState
+            and body.stream
+            and modelId is not None
+            and self.config.models[modelId].sendLoadingState
+            and not self.router.isReady(modelId)
+        ):
+            loading = LoadingStream(request, self.clock, modelId)
+        try:
+            if loading is None:
+                lease = await self.router.acquire(body.model)
+            else:
+                loading.start()
+                lease = await self.router.acquire(
+                    body.model, onQueuePosition=loading.queuePosition)
+        except LlamaSwapError as error:
+            if loading is None:
+                raise
+            await loading.done()
+            return _Appended(renderError(request, error))
+        if loading is not None:
+            await loading.done()
         try:
             model = self.config.models[lease.modelId]
             payload = body.withModel(model.useModelName) if model.useModelName else raw
@@ -166,6 +214,7 @@ class LlamaSwapAPI:
                 onDone=done,
                 writeError=lambda req, error: writeError(req, toError(error)),
                 modelId=lease.modelId,
+                headersSent=loading is not None,
             )
         except BaseException:
             lease.release()
@@ -175,7 +224,8 @@ class LlamaSwapAPI:
 
         @app.route(_path, methods=["POST"], endpoint="inference:" + _path)
         async def inference(self, request):
-            return await self._relay(request, request.uri)
+            loadingState = request.path == b"/v1/chat/completions"
+            return await self._relay(request, request.uri, loadingState)
 
     for _path in V_ROUTES:
 
@@ -254,6 +304,14 @@ class LlamaSwapAPI:
     async def unloadAllGet(self, request) -> bytes:
         await self.router.unload()
         return _text(request, "OK")
+
+    @app.route("/api/models/load/<path:name>", methods=["POST"])
+    async def loadOne(self, request, name: str) -> bytes:
+        modelId = self.config.resolve(name)
+        if modelId is None:
+            raise UnknownModel("model not found")
+        await self.router.load(modelId)
+        return _json(request, {"msg": "ok", "model": modelId, "state": "ready"})
 
     @app.route("/api/models/unload/<path:name>", methods=["POST"])
     async def unloadOne(self, request, name: str) -> bytes:

@@ -1,0 +1,182 @@
+"""
+Swap benchmarks: churn over several models, and the overhead of one swap.
+
+    python bench/churn.py [--models 3] [--requests 60] [--changes 40] [--swaps 10]
+
+Churn: C{--requests} chat requests over C{--models} demo models on a
+one-at-a-time config, sent in an arrival order with C{--changes} model
+changes, each request 20 ms after the previous one.  Printed: process starts
+(distinct upstream pids), total time, and each request's wait (time to its
+first byte minus the upstream's own time for that request), p50/p99.  The
+same workload on a config where every model may run at once (no swaps) is
+the baseline.
+
+Swap overhead: C{--swaps} times, a request for a cold model (the other one
+loaded) is timed to its first byte, minus the upstream's own time from spawn
+to ready measured directly (the demo started by hand, its /health polled
+every millisecond), p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+
+from support import PYTHON, Daemon, agent, chatBody, fetch, freePort, percentile
+
+TOKENS = 8
+TOKEN_DELAY = 0.005  # each request keeps its upstream busy about 40 ms
+
+
+def arrivalOrder(models: list[str], requests: int, changes: int, rng: random.Random) -> list[str]:
+    """
+    @return: C{requests} model names in which the model changes C{changes}
+        times, every model appearing.
+    """
+    order = [models[0]]
+    changeAt = set(rng.sample(range(1, requests), changes))
+    for i in range(1, requests):
+        if i in changeAt:
+            order.append(rng.choice([m for m in models if m != order[-1]]))
+        else:
+            order.append(order[-1])
+    return order
+
+
+def config(models: list[str], together: bool) -> str:
+    lines = ["healthCheckTimeout: 30", "models:"]
+    for name in models:
+        lines += [
+            f"  {name}:",
+            "    cmd: |",
+            f"      {PYTHON} -m llamaswap.demo --port ${{PORT}} --model {name}"
+            f" --tokens {TOKENS} --token-delay {TOKEN_DELAY}",
+            "    concurrencyLimit: 100",
+        ]
+    if together:
+        lines += ["groups:", "  all:", "    swap: false", "    members: [" + ", ".join(models) + "]"]
+    return "\n".join(lines) + "\n"
+
+
+async def churn(reactor, models: list[str], order: list[str], together: bool) -> dict:
+    daemon = Daemon(reactor, config(models, together))
+    await daemon.start()
+    try:
+        client, pool = agent(reactor, perHost=len(order))
+        if together:  # the baseline starts with everything loaded
+            for name in models:
+                await fetch(client, daemon.base + "/v1/chat/completions", chatBody(name))
+        upstreamTime = TOKENS * TOKEN_DELAY
+        start = time.perf_counter()
+
+        async def one(i: int, name: str):
+            await task.deferLater(reactor, i * 0.02, lambda: None)
+            response, _, ttfb = await fetch(
+                client, daemon.base + "/v1/chat/completions", chatBody(name))
+            return response.headers.getRawHeaders(b"x-demo-pid")[0], ttfb
+
+        results = await gatherResults(
+            [Deferred.fromCoroutine(one(i, name)) for i, name in enumerate(order)])
+        total = time.perf_counter() - start
+        await pool.closeCachedConnections()
+        waits = [max(0.0, ttfb - upstreamTime) for _, ttfb in results]
+        return {
+            "starts": len({pid for pid, _ in results}),
+            "total": total,
+            "p50": percentile(waits, 50),
+            "p99": percentile(waits, 99),
+        }
+    finally:
+        await daemon.stop()
+
+
+class _Demo(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred = Deferred()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+
+async def directSpawnToReady(reactor, runs: int) -> list[float]:
+    """
+    @return: the demo's own spawn-to-ready times, measured by hand.
+    """
+    import sys
+
+    from support import ROOT
+
+    times = []
+    for _ in range(runs):
+        port = freePort()
+        demo = _Demo()
+        argv = [sys.executable, "-m", "llamaswap.demo", "--port", str(port)]
+        start = time.perf_counter()
+        transport = reactor.spawnProcess(demo, argv[0], argv, env=dict(os.environ), path=ROOT)
+        probe, pool = agent(reactor, persistent=False)
+        url = f"http://127.0.0.1:{port}/health".encode()
+        while True:
+            try:
+                response = await probe.request(b"GET", url)
+                if response.code == 200:
+                    break
+            except Exception:
+                pass
+            await task.deferLater(reactor, 0.001, lambda: None)
+        times.append(time.perf_counter() - start)
+        transport.signalProcess("TERM")
+        await demo.ended
+    return times
+
+
+async def swapOverhead(reactor, runs: int) -> tuple[list[float], list[float]]:
+    daemon = Daemon(reactor, config(["cold-a", "cold-b"], together=False))
+    await daemon.start()
+    try:
+        client, pool = agent(reactor)
+        upstreamTime = TOKENS * 0  # requests below ask for one token, no delay
+        times = []
+        for i in range(runs + 1):
+            name = "cold-a" if i % 2 == 0 else "cold-b"
+            _, _, ttfb = await fetch(client, daemon.base + "/v1/chat/completions",
+                                     chatBody(name, max_tokens=1))
+            if i:  # the first is a start, not a swap
+                times.append(ttfb - upstreamTime)
+        await pool.closeCachedConnections()
+    finally:
+        await daemon.stop()
+    return times, await directSpawnToReady(reactor, runs)
+
+
+async def main(reactor, args) -> None:
+    models = [f"model-{chr(ord('a') + i)}" for i in range(args.models)]
+    order = arrivalOrder(models, args.requests, args.changes, random.Random(7))
+    changes = sum(1 for a, b in zip(order, order[1:]) if a != b)
+    swapped = await churn(reactor, models, order, together=False)
+    baseline = await churn(reactor, models, order, together=True)
+    print(f"churn: {len(order)} requests over {len(models)} models, {changes} model changes"
+          " in arrival order, 20 ms apart")
+    for name, r in (("one at a time", swapped), ("no swaps", baseline)):
+        print(f"  {name:14} starts {r['starts']:3}   total {r['total']:6.2f} s"
+              f"   wait p50 {r['p50'] * 1e3:7.1f} ms   p99 {r['p99'] * 1e3:7.1f} ms")
+    swaps, direct = await swapOverhead(reactor, args.swaps)
+    d50, s50 = percentile(direct, 50), percentile(swaps, 50)
+    print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other)")
+    print(f"  upstream's own spawn-to-ready  p50 {d50 * 1e3:7.1f} ms")
+    print(f"  request to first byte         p50 {s50 * 1e3:7.1f} ms")
+    print(f"  overhead                      p50 {(s50 - d50) * 1e3:7.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--swaps", type=int, default=10)
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, parser.parse_args())))

@@ -1,0 +1,156 @@
+"""
+Plumbing shared by the benchmarks: free ports, a raw HTTP client that notes
+when the first byte arrives, percentiles, and llamaswap run as users run it
+(C{twistd -n llamaswap} in a child process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from llamaswap.proxy.relay import BytesProducer  # noqa: E402
+
+PYTHON = json.dumps(sys.executable)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+def chatBody(model: str, **extra) -> bytes:
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    ).encode()
+
+
+class _Collect(Protocol):
+    def __init__(self, done: Deferred, onData=None) -> None:
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.onData = onData
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.onData is not None:
+            self.onData(data)
+        self.chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+async def fetch(agent: Agent, url: str, body: bytes, onData=None):
+    """
+    POST C{body} as JSON to C{url}.
+
+    @return: C{(response, body bytes, seconds to the first body byte)}.
+    """
+    start = time.perf_counter()
+    first: list[float] = []
+
+    def noteFirst(data: bytes) -> None:
+        if not first:
+            first.append(time.perf_counter() - start)
+        if onData is not None:
+            onData(data)
+
+    response = await agent.request(
+        b"POST", url.encode(), Headers({b"content-type": [b"application/json"]}),
+        BytesProducer(body),
+    )
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Collect(done, noteFirst))
+    data = await done
+    if response.code != 200:
+        raise RuntimeError(f"{url}: HTTP {response.code}: {data[:200]!r}")
+    return response, data, (first[0] if first else time.perf_counter() - start)
+
+
+def agent(reactor, persistent: bool = True, perHost: int = 1) -> tuple[Agent, HTTPConnectionPool]:
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool.maxPersistentPerHost = perHost
+    return Agent(reactor, pool=pool), pool
+
+
+class Daemon(ProcessProtocol):
+    """
+    C{twistd -n llamaswap} with a config given as text, in a child process.
+    """
+
+    def __init__(self, reactor, configText: str) -> None:
+        self.reactor = reactor
+        self.port = freePort()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ended: Deferred = Deferred()
+        self.output = b""
+        config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        config.write(configText)
+        config.close()
+        self.configPath = config.name
+        self.transport = None
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value)
+
+    async def start(self) -> None:
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--pidfile=", "-n", "llamaswap", "-c", self.configPath,
+                "--listen", f"127.0.0.1:{self.port}"]
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        self.reactor.spawnProcess(self, argv[0], argv, env=env, path=ROOT)
+        probe, pool = agent(self.reactor, persistent=False)
+        for _ in range(300):
+            try:
+                response = await probe.request(b"GET", (self.base + "/health").encode())
+                if response.code == 200:
+                    await pool.closeCachedConnections()
+                    return
+            except Exception:
+                pass
+            if self.ended.called:
+                break
+            await task.deferLater(self.reactor, 0.1, lambda: None)
+        raise RuntimeError("llamaswap did not come up:\n" + self.output.decode())
+
+    async def stop(self) -> None:
+        if self.transport is not None and self.transport.pid is not None:
+            os.kill(self.transport.pid, signal.SIGTERM)
+        await self.ended
+        os.unlink(self.configPath)
+
+    def count(self, needle: bytes) -> int:
+        """
+        @return: how many lines of the daemon's log contain C{needle}.
+        """
+        return sum(1 for line in self.output.splitlines() if needle in line)
