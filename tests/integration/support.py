@@ -97,3 +97,89 @@ async def eventually(
             raise AssertionError(f"condition not met within {timeout}s: {check}")
         await deferLater(reactor, step, lambda: None)
         waited += step
+
+
+def demoCommand(model: str, *args: str) -> str:
+    """
+    @return: a YAML block scalar line running the demo responder as C{model}
+        on C{${PORT}} (indented for a model's C{cmd: |}).
+    """
+    import json
+    import sys
+
+    extra = " ".join(args)
+    return (
+        f"      {json.dumps(sys.executable)} -m llamaswap.demo --port ${{PORT}}"
+        f" --model {model} {extra}\n"
+    )
+
+
+def demoModels(names: list[str], *args: str) -> str:
+    """
+    @return: the C{models:} section of a config running the demo responder
+        as each of C{names}, importable from this checkout.
+    """
+    import json
+
+    env = json.dumps(f"PYTHONPATH={PROJECT_ROOT}")
+    text = "models:\n"
+    for name in names:
+        text += f"  {name}:\n    env: [{env}]\n    cmd: |\n" + demoCommand(name, *args)
+    return text
+
+
+class InProcessDaemon:
+    """
+    llamaswap's whole service tree in the test process, on a real port, with
+    an HTTP client; stopped by the test's cleanup.
+    """
+
+    def __init__(self, testCase, configText: str) -> None:
+        import json as _json
+
+        from twisted.web.client import Agent, HTTPConnectionPool
+        from treq.client import HTTPClient
+
+        from llamaswap.config import loadConfigText
+        from llamaswap.service import makeRootService
+
+        self._json = _json
+        port = freePort()
+        self.config = loadConfigText(f"startPort: {freePortRun(8)}\n" + configText)
+        self.root = makeRootService(self.config, reactor, f"tcp:{port}:interface=127.0.0.1")
+        self.root.startService()
+        testCase.addCleanup(self.root.stopService)
+        self.router = self.root.getServiceNamed("router")
+        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def post(self, path: str, body: object, **headers: str):
+        """
+        @return: C{(response, body bytes)}.
+        """
+        response = await self.http.post(
+            self.base + path,
+            data=self._json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **headers},
+        )
+        return response, await response.content()
+
+    async def chat(self, model: str, stream: bool = False, **extra):
+        """
+        @return: C{(response, body bytes)} of a chat completion.
+        """
+        body = {"model": model, "stream": stream,
+                "messages": [{"role": "user", "content": "hello there"}], **extra}
+        return await self.post("/v1/chat/completions", body)
+
+    async def chatPid(self, model: str) -> int:
+        """
+        @return: the pid of the demo process that answered a chat for C{model}.
+        """
+        response, body = await self.chat(model)
+        assert response.code == 200, body
+        return int(response.headers.getRawHeaders(b"x-demo-pid")[0])
+
+    async def getJSON(self, path: str) -> object:
+        response = await self.http.get(self.base + path)
+        return self._json.loads(await response.content())
