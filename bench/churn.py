@@ -104,15 +104,16 @@ class _Demo(ProcessProtocol):
         self.ended.callback(None)
 
 
-async def directSpawnToReady(reactor, runs: int) -> list[float]:
+async def directSpawnToReady(reactor, runs: int) -> tuple[list[float], list[float]]:
     """
-    @return: the demo's own spawn-to-ready times, measured by hand.
+    @return: the demo's own spawn-to-ready times and its SIGTERM-to-exit
+        times, measured by hand.
     """
     import sys
 
     from support import ROOT
 
-    times = []
+    times, stops = [], []
     for _ in range(runs):
         port = freePort()
         demo = _Demo()
@@ -130,12 +131,14 @@ async def directSpawnToReady(reactor, runs: int) -> list[float]:
                 pass
             await task.deferLater(reactor, 0.001, lambda: None)
         times.append(time.perf_counter() - start)
+        stopping = time.perf_counter()
         transport.signalProcess("TERM")
         await demo.ended
-    return times
+        stops.append(time.perf_counter() - stopping)
+    return times, stops
 
 
-async def swapOverhead(reactor, runs: int) -> tuple[list[float], list[float]]:
+async def swapOverhead(reactor, runs: int) -> tuple[list[float], tuple[list[float], list[float]]]:
     daemon = Daemon(reactor, config(["cold-a", "cold-b"], together=False))
     await daemon.start()
     try:
@@ -165,12 +168,15 @@ async def main(reactor, args) -> None:
     for name, r in (("one at a time", swapped), ("no swaps", baseline)):
         print(f"  {name:14} starts {r['starts']:3}   total {r['total']:6.2f} s"
               f"   wait p50 {r['p50'] * 1e3:7.1f} ms   p99 {r['p99'] * 1e3:7.1f} ms")
-    swaps, direct = await swapOverhead(reactor, args.swaps)
-    d50, s50 = percentile(direct, 50), percentile(swaps, 50)
+    swaps, (ready, stops) = await swapOverhead(reactor, args.swaps)
+    r50, t50, s50 = percentile(ready, 50), percentile(stops, 50), percentile(swaps, 50)
     print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other)")
-    print(f"  upstream's own spawn-to-ready  p50 {d50 * 1e3:7.1f} ms")
-    print(f"  request to first byte         p50 {s50 * 1e3:7.1f} ms")
-    print(f"  overhead                      p50 {(s50 - d50) * 1e3:7.1f} ms")
+    print(f"  upstream's own spawn-to-ready       p50 {r50 * 1e3:7.1f} ms")
+    print(f"  upstream's own SIGTERM-to-exit      p50 {t50 * 1e3:7.1f} ms")
+    print(f"  request to first byte               p50 {s50 * 1e3:7.1f} ms")
+    print(f"  overhead beyond spawn-to-ready      p50 {(s50 - r50) * 1e3:7.1f} ms")
+    print(f"  overhead beyond the upstream's own  p50 {(s50 - r50 - t50) * 1e3:7.1f} ms"
+          " (start and stop)")
 
 
 if __name__ == "__main__":

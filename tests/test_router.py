@@ -1,6 +1,9 @@
 """
-Tests for L{llamaswap.router.router}: the single-model router.
+Tests for L{llamaswap.router.router}: the router service, with fake upstream
+machines (L{FakeMachine}, also used by C{tests.test_web}) and a fake clock.
 """
+
+from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
@@ -14,6 +17,8 @@ from llamaswap.errors import (
     TooManyRequests,
     UnknownModel,
 )
+from llamaswap.interfaces import ISwapPlanner
+from llamaswap.router.planners import GroupPlanner
 from llamaswap.router.router import RouterService
 
 CONFIG = """
@@ -33,6 +38,9 @@ models:
 class FakeMachine:
     """
     An upstream machine whose start and stop the test completes by hand.
+
+    Every call to L{start} and L{stop} is appended to C{log} as
+    C{("start", modelId)} or C{("stop", modelId)}.
     """
 
     def __init__(self, model, onExit, log):
@@ -42,7 +50,7 @@ class FakeMachine:
         self.onExit = onExit
         self.log = log
         self.starting: Deferred | None = None
-        self.stopping: Deferred | None = None
+        self.stopWaiters: list[Deferred] = []
 
     def start(self):
         self.log.append(("start", self.modelId))
@@ -60,8 +68,9 @@ class FakeMachine:
             starting, self.starting = self.starting, None
             starting.errback(RuntimeError("aborted"))
         self.state = "stopping"
-        self.stopping = Deferred()
-        return self.stopping
+        d = Deferred()
+        self.stopWaiters.append(d)
+        return d
 
     # test drivers
     def becomeReady(self):
@@ -70,33 +79,60 @@ class FakeMachine:
         starting, self.starting = self.starting, None
         starting.callback(None)
 
-    def failStart(self, message):
+    def failStart(self, message, linger=False):
+        """
+        The start fails.  With C{linger}, the machine stays C{stopping}
+        (taking the failed process down) until L{finishStop}.
+        """
         from llamaswap.upstream import UpstreamStartError
 
-        self.state = "failed"
+        self.state = "stopping" if linger else "failed"
         starting, self.starting = self.starting, None
         starting.errback(UpstreamStartError(message))
 
-    def finishStop(self):
-        self.state = "stopped"
+    def finishStop(self, state="stopped"):
+        self.state = state
         self.pid = None
-        stopping, self.stopping = self.stopping, None
-        stopping.callback(None)
+        waiters, self.stopWaiters = self.stopWaiters, []
+        for d in waiters:
+            d.callback(None)
 
-    def crash(self):
-        self.state = "failed"
+    def crash(self, linger=False):
+        """
+        The process exits on its own.  With C{linger}, the machine stays
+        C{stopping} (its process group is still going away) until
+        L{finishStop}, as the real one does.
+        """
+        self.state = "stopping" if linger else "failed"
         self.onExit(self.modelId, "exit code 1")
 
 
-class RouterTests(SynchronousTestCase):
+@implementer(ISwapPlanner)
+class NeverEvict:
+    """
+    A planner that lets every model run beside every other.
+    """
+
+    def evictionFor(self, target, running):
+        return frozenset()
+
+    def explain(self, target, running):
+        return f"never-evict: model={target}"
+
+
+class RouterTestsBase(SynchronousTestCase):
+    config = CONFIG
+    planner = None
+
     def setUp(self):
         self.clock = Clock()
         self.log = []
-        self.config = loadConfigText(CONFIG)
+        self.config = loadConfigText(self.config)
         self.router = RouterService(
             self.config,
             reactor=self.clock,
             machineFactory=lambda model, onExit: FakeMachine(model, onExit, self.log),
+            planner=self.planner,
         )
         self.m = self.router.machines
 
@@ -108,6 +144,22 @@ class RouterTests(SynchronousTestCase):
         self.m[self.config.resolve(name)].becomeReady()
         return self.successResultOf(d)
 
+    def starts(self):
+        return [m for (what, m) in self.log if what == "start"]
+
+    def pump(self):
+        """
+        Complete every start and stop in progress.
+        """
+        for machine in self.m.values():
+            if machine.state == "stopping":
+                machine.finishStop()
+        for machine in self.m.values():
+            if machine.state == "starting":
+                machine.becomeReady()
+
+
+class RouterTests(RouterTestsBase):
     def test_firstRequestStartsTheModel(self):
         d = self.router.acquire("a")
         self.assertNoResult(d)
@@ -149,18 +201,21 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).modelId, "b")
         self.assertEqual(self.m["a"].state, "stopped")
 
-    def test_requestsForLiveModelQueueBehindAPendingSwap(self):
+    def test_requestsForLiveModelTakeTheFastPathUntilTheBound(self):
         lease = self.ready("a")
         waitingB = self.router.acquire("b")
         laterA = self.router.acquire("a")
-        self.assertNoResult(laterA)
+        self.successResultOf(laterA).release()
+        self.clock.advance(self.config.maxQueueWait)
+        lastA = self.router.acquire("a")
+        self.assertNoResult(lastA)
         lease.release()
         self.m["a"].finishStop()
         self.m["b"].becomeReady()
         self.successResultOf(waitingB).release()
         self.m["b"].finishStop()
         self.m["a"].becomeReady()
-        self.assertEqual(self.successResultOf(laterA).modelId, "a")
+        self.assertEqual(self.successResultOf(lastA).modelId, "a")
 
     def test_pendingRequestsForTheStartedModelAreCollated(self):
         lease = self.ready("a")
@@ -276,3 +331,339 @@ class RouterTests(SynchronousTestCase):
         self.m["a"].finishStop()
         self.successResultOf(stopped)
         self.assertRaises(ShuttingDown, self.router.acquire, "a")
+
+
+class SwapTests(RouterTestsBase):
+    def test_collationABCABC(self):
+        served = []
+        for m in "abcabc":
+            self.router.acquire(m).addCallback(served.append)
+        for _ in range(10):
+            self.pump()
+            for lease in served:
+                lease.release()
+        self.assertEqual([lease.modelId for lease in served], list("aabbcc"))
+        self.assertEqual(self.starts(), ["a", "b", "c"])
+
+    def test_plannerComesFromTheConfig(self):
+        self.assertIsInstance(self.router.planner, GroupPlanner)
+
+    def test_cancelledWaiterForAModelNotYetStartedNeverStartsIt(self):
+        self.ready("a").release()
+        d = self.router.acquire("b")
+        self.assertEqual(self.log[-1], ("stop", "a"), "a is idle: the swap begins")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.m["a"].finishStop()
+        self.assertEqual(self.starts(), ["a"])
+        self.assertEqual(self.router._admitted["b"], 0)
+
+    def test_unwantedStartIsLeftToFinish(self):
+        d = self.router.acquire("a")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.m["a"].becomeReady()
+        self.assertEqual(self.log, [("start", "a")])
+        self.assertTrue(self.router.isReady("a"))
+
+    def test_unwantedStartIsAbortedWhenAnotherModelNeedsTheRoom(self):
+        d = self.router.acquire("a")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        b = self.router.acquire("b")
+        self.assertEqual(self.log, [("start", "a"), ("stop", "a")])
+        self.m["a"].finishStop()
+        self.assertEqual(self.log[-1], ("start", "b"))
+        self.m["b"].becomeReady()
+        self.assertEqual(self.successResultOf(b).modelId, "b")
+
+    def test_lingeringCrashIsRestartedOnceGone(self):
+        self.ready("a").release()
+        self.log.clear()
+        self.m["a"].crash(linger=True)
+        self.assertEqual(self.log, [("stop", "a")], "the router waits for it to be gone")
+        d = self.router.acquire("a")
+        self.assertEqual(self.starts(), [])
+        self.m["a"].finishStop("failed")
+        self.assertEqual(self.starts(), ["a"])
+        self.m["a"].becomeReady()
+        self.successResultOf(d)
+
+    def test_lingeringStartFailureIsRestartedOnceGone(self):
+        d = self.router.acquire("a")
+        self.m["a"].failStart("health check timed out after 15s", linger=True)
+        self.failureResultOf(d, ModelStartFailed)
+        d = self.router.acquire("a")
+        self.assertEqual(self.starts(), ["a"])
+        self.m["a"].finishStop("failed")
+        self.assertEqual(self.starts(), ["a", "a"])
+
+    def test_queuedRequestsForOtherModelsProceedAfterAFailure(self):
+        a = self.router.acquire("a")
+        b = self.router.acquire("b")
+        self.m["a"].failStart("boom")
+        self.failureResultOf(a, ModelStartFailed)
+        self.assertEqual(self.starts(), ["a", "b"])
+        self.m["b"].becomeReady()
+        self.successResultOf(b)
+
+
+class InjectedPlannerTests(RouterTestsBase):
+    planner = NeverEvict()
+
+    def test_injectedPlannerIsUsed(self):
+        lease = self.ready("a")
+        d = self.router.acquire("b")
+        self.assertEqual(self.log, [("start", "a"), ("start", "b")])
+        self.m["b"].becomeReady()
+        self.successResultOf(d)
+        self.assertEqual([r["model"] for r in self.router.runningModels()], ["a", "b"])
+        lease.release()
+
+    def test_stopServiceStopsEveryModelInParallel(self):
+        self.router.startService()
+        self.ready("a")
+        self.ready("b")
+        stopped = self.router.stopService()
+        self.assertEqual(self.log[-2:], [("stop", "a"), ("stop", "b")])
+        self.m["a"].finishStop()
+        self.assertNoResult(stopped)
+        self.m["b"].finishStop()
+        self.successResultOf(stopped)
+
+
+GROUPS_CONFIG = CONFIG + """
+groups:
+  together:
+    swap: false
+    members: [a, b]
+"""
+
+
+class GroupConfigTests(RouterTestsBase):
+    config = GROUPS_CONFIG
+
+    def test_swapFalseGroupRunsItsMembersTogether(self):
+        self.ready("a")
+        self.ready("b")
+        self.assertNotIn(("stop", "a"), self.log)
+
+    def test_exclusiveGroupEvictsTheOther(self):
+        self.ready("a").release()
+        d = self.router.acquire("c")
+        self.assertEqual(self.log[-1], ("stop", "a"))
+        self.m["a"].finishStop()
+        self.m["c"].becomeReady()
+        self.successResultOf(d)
+
+
+STARVATION_CONFIG = """
+maxQueueWait: {bound}
+models:
+  a:
+    cmd: srv-a --port ${{PORT}}
+  b:
+    cmd: srv-b --port ${{PORT}}
+"""
+
+
+class BoundedWaitTests(SynchronousTestCase):
+    """
+    A steady stream of requests for a: one a second, each lasting 2 s, so
+    a always has one in flight; a request for b arrives at 0.5 s.
+    """
+
+    def stream(self, bound, seconds):
+        clock = Clock()
+        log = []
+        config = loadConfigText(STARVATION_CONFIG.format(bound=bound))
+        router = RouterService(
+            config,
+            reactor=clock,
+            machineFactory=lambda model, onExit: FakeMachine(model, onExit, log),
+        )
+        machines = router.machines
+        leases = []  # (end, lease)
+
+        def acquireA():
+            router.acquire("a").addCallback(
+                lambda lease: leases.append((clock.seconds() + 2, lease))
+            )
+
+        acquireA()
+        machines["a"].becomeReady()
+        clock.advance(0.5)
+        servedB = []
+        router.acquire("b").addCallback(lambda lease: servedB.append(clock.seconds()))
+        for t in range(1, seconds + 1):
+            clock.advance(1 if t > 1 else 0.5)
+            for end, lease in [x for x in leases if x[0] <= clock.seconds()]:
+                leases.remove((end, lease))
+                lease.release()
+            acquireA()
+            for machine in machines.values():
+                if machine.state == "stopping":
+                    machine.finishStop()
+                elif machine.state == "starting":
+                    machine.becomeReady()
+            if servedB:
+                break
+        return router, clock, log, servedB
+
+    def test_withoutABoundTheOtherModelStarves(self):
+        router, clock, log, servedB = self.stream("off", 100)
+        self.assertEqual(servedB, [])
+        self.assertEqual(log, [("start", "a")])
+
+    def test_withABoundTheOtherModelIsServed(self):
+        router, clock, log, servedB = self.stream(10, 100)
+        # At 10.5 s a closes; the request that arrived at 10 s ends at 12 s.
+        self.assertEqual(servedB, [12])
+        self.assertEqual(log, [("start", "a"), ("stop", "a"), ("start", "b")])
+        self.assertEqual(router._admitted["a"], 2, "the requests that came at 11 and 12 s wait")
+
+
+PRELOAD_CONFIG = CONFIG + """
+hooks:
+  on_startup:
+    preload: [a, alpha, b]
+"""
+
+
+class LoadTests(RouterTestsBase):
+    config = PRELOAD_CONFIG
+
+    def test_loadStartsTheModelAndHoldsNoLease(self):
+        d = self.router.load("c")
+        self.assertEqual(self.log, [("start", "c")])
+        self.assertNoResult(d)
+        self.m["c"].becomeReady()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((self.router._inFlight["c"], self.router._admitted["c"]), (0, 0))
+
+    def test_loadOfAReadyModelFiresAtOnce(self):
+        self.ready("a").release()
+        self.successResultOf(self.router.load("alpha"))
+        self.assertEqual(self.starts(), ["a"])
+
+    def test_loadSwapsLikeARequest(self):
+        lease = self.ready("a")
+        d = self.router.load("b")
+        self.assertNotIn(("stop", "a"), self.log, "a is busy")
+        lease.release()
+        self.m["a"].finishStop()
+        self.m["b"].becomeReady()
+        self.successResultOf(d)
+
+    def test_loadUnknownModel(self):
+        self.assertRaises(UnknownModel, self.router.load, "nope")
+
+    def test_ttlCountsFromALoad(self):
+        d = self.router.load("c")
+        self.m["c"].becomeReady()
+        self.successResultOf(d)
+        self.clock.advance(5)
+        self.assertEqual(self.log[-1], ("stop", "c"))
+
+    def test_preloadIsSequential(self):
+        self.router.startService()
+        self.assertEqual(self.log, [("start", "a")])
+        self.m["a"].becomeReady()
+        # alpha is a again: already ready; then b evicts a.
+        self.assertEqual(self.log, [("start", "a"), ("stop", "a")])
+        self.m["a"].finishStop()
+        self.m["b"].becomeReady()
+        self.assertTrue(self.router.isReady("b"))
+        self.assertEqual(self.starts(), ["a", "b"])
+        self.assertEqual(self.router.runningModels()[0]["model"], "b")
+
+    def test_preloadFailureDoesNotStopTheNext(self):
+        self.router.startService()
+        self.m["a"].failStart("boom")
+        self.assertEqual(self.starts(), ["a", "a"], "alpha tries a again")
+        self.m["a"].failStart("boom")
+        self.m["b"].becomeReady()
+        self.assertTrue(self.router.isReady("b"))
+
+    def test_shutdownDuringPreload(self):
+        self.router.startService()
+        stopped = self.router.stopService()
+        self.assertEqual(self.log, [("start", "a"), ("stop", "a")])
+        self.m["a"].finishStop()
+        self.successResultOf(stopped)
+        self.assertEqual(self.starts(), ["a"])
+
+
+class QueueTests(RouterTestsBase):
+    def test_queuePositionsAreReported(self):
+        lease = self.ready("a")
+        positions = {"b": [], "c": []}
+        b = self.router.acquire("b", positions["b"].append)
+        self.router.acquire("c", positions["c"].append)
+        self.assertEqual(positions, {"b": [1], "c": [2]})
+        b.cancel()
+        self.failureResultOf(b, CancelledError)
+        self.assertEqual(positions, {"b": [1], "c": [2, 1]})
+        lease.release()
+        self.m["a"].finishStop()
+        self.assertEqual(positions["c"], [2, 1], "loading, no longer queued")
+
+    def test_modelLoadingForARequestIsNoQueue(self):
+        positions = []
+        self.router.acquire("a", positions.append)
+        self.assertEqual(positions, [])
+
+    def test_unloadOfAStartingModelFailsItsWaiters(self):
+        a = self.router.acquire("a")
+        b = self.router.acquire("b")
+        done = self.router.unload("a")
+        f = self.failureResultOf(a, ModelUnloaded)
+        self.assertIn("model unloaded", f.value.message)
+        self.assertEqual(self.log, [("start", "a"), ("stop", "a")])
+        self.assertNoResult(done)
+        self.m["a"].finishStop()
+        self.successResultOf(done)
+        self.assertEqual(self.log[-1], ("start", "b"), "the queue moves on")
+        self.m["b"].becomeReady()
+        self.successResultOf(b)
+
+    def test_unloadDoesNotWaitForInFlightRequests(self):
+        lease = self.ready("a")
+        done = self.router.unload("alpha")
+        self.assertEqual(self.log[-1], ("stop", "a"))
+        self.m["a"].finishStop()
+        self.successResultOf(done)
+        lease.release()
+        self.assertEqual((self.router._inFlight["a"], self.router._admitted["a"]), (0, 0))
+
+    def test_unloadUnknownModel(self):
+        self.assertRaises(UnknownModel, self.router.unload, "nope")
+
+    def test_ttlZeroNeverUnloads(self):
+        self.ready("a").release()
+        self.clock.advance(10000)
+        self.assertNotIn(("stop", "a"), self.log)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_newRequestsAfterShutdownAreRefused(self):
+        self.router.startService()
+        self.successResultOf(self.router.stopService())
+        self.assertRaises(ShuttingDown, self.router.acquire, "a")
+        self.assertRaises(ShuttingDown, self.router.load, "a")
+
+    def test_waiterAskingAgainAfterUnloadWaitsForTheStop(self):
+        again = []
+
+        def askAgain(failure):
+            failure.trap(ModelUnloaded)
+            again.append(self.router.acquire("a"))
+
+        self.router.acquire("a").addErrback(askAgain)
+        done = self.router.unload("a")
+        self.assertNoResult(again[0])
+        self.assertEqual(self.log, [("start", "a"), ("stop", "a")])
+        self.m["a"].finishStop()
+        self.successResultOf(done)
+        self.assertEqual(self.log[-1], ("start", "a"))
+        self.m["a"].becomeReady()
+        self.successResultOf(again[0])
