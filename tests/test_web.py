@@ -36,7 +36,22 @@ models:
   one:
     cmd: srv --port ${PORT}
     concurrencyLimit: 1
+  chatty:
+    cmd: srv --port ${PORT}
+    sendLoadingState: true
 """
+
+
+def reasoning(chunks):
+    """
+    @return: the loading-state text carried by the SSE events in C{chunks}.
+    """
+    events = b"".join(chunks).decode().split("\n\n")
+    return "".join(
+        json.loads(e[6:])["choices"][0]["delta"].get("reasoning_content", "")
+        for e in events
+        if e.startswith("data: {") and "reasoning_content" in e
+    )
 
 
 class FakeAgents:
@@ -236,7 +251,7 @@ class APITests(SynchronousTestCase):
         self.assertEqual(listing["object"], "list")
         ids = [m["id"] for m in listing["data"]]
         self.assertEqual(ids, sorted(ids))
-        self.assertEqual(set(ids), {"a", "alpha", "b", "one"})
+        self.assertEqual(set(ids), {"a", "alpha", "b", "one", "chatty"})
         a = next(m for m in listing["data"] if m["id"] == "a")
         self.assertEqual(a["object"], "model")
         self.assertEqual(a["owned_by"], "llama-swap")
@@ -317,3 +332,69 @@ class APITests(SynchronousTestCase):
     def test_uiRedirectsToTrailingSlash(self):
         response, _ = self.request("GET", "/ui")
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/"])
+
+    def test_loadAnswersOnceReady(self):
+        d = self.client.post("http://llamaswap/api/models/load/alpha")
+        self.pump()
+        self.assertNoResult(d)
+        self.router.machines["a"].becomeReady()
+        self.pump()
+        response = self.successResultOf(d)
+        body = json.loads(self.successResultOf(self.client.content(response)))
+        self.assertEqual(body, {"msg": "ok", "model": "a", "state": "ready"})
+        self.assertEqual(self.router._inFlight["a"], 0)
+
+    def test_loadUnknownIs404(self):
+        response, body = self.request("POST", "/api/models/load/nope")
+        self.assertError(response, body, 404, "model not found")
+
+    def loadingChat(self, **extra):
+        seen = []
+        d = self.client.post(
+            "http://llamaswap/v1/chat/completions",
+            data=json.dumps(self.chat("chatty", stream=True, **extra)).encode(),
+            headers={"Content-Type": "application/json"},
+            unbuffered=True,
+        )
+        self.pump()
+        response = self.successResultOf(d)
+        done = self.client.collect(response, seen.append)
+        return response, done, seen
+
+    def test_loadingStateStreamsWhileTheModelLoads(self):
+        response, done, seen = self.loadingChat()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"]
+        )
+        for _ in range(20):
+            self.clock.advance(0.1)
+            self.pump()
+        self.assertIn("loading model: chatty", reasoning(seen))
+        self.assertNoResult(done)
+        self.router.machines["chatty"].becomeReady()
+        for _ in range(30):
+            self.clock.advance(0.1)
+            self.pump()
+        self.successResultOf(done)
+        events = [e for e in b"".join(seen).decode().split("\n\n") if e]
+        self.assertRegex(reasoning(seen), r"\nDone! \(\d+\.\d\ds\)\n")
+        self.assertEqual(events[-1], "data: [DONE]")
+        content = [json.loads(e[6:]) for e in events[:-1] if '"content"' in e]
+        self.assertGreater(len(content), 0)
+
+    def test_loadingStateAppendsTheErrorOnFailure(self):
+        response, done, seen = self.loadingChat()
+        self.router.machines["chatty"].failStart("upstream command exited prematurely")
+        for _ in range(30):
+            self.clock.advance(0.1)
+            self.pump()
+        self.successResultOf(done)
+        tail = b"".join(seen).decode().split("\n\n")[-1]
+        self.assertIn("exited prematurely", json.loads(tail)["error"]["message"])
+
+    def test_noLoadingStateWhenTheModelIsReady(self):
+        self.request("POST", "/v1/chat/completions", self.chat("chatty"), ready=["chatty"])
+        response, body = self.request(
+            "POST", "/v1/chat/completions", self.chat("chatty", stream=True))
+        self.assertNotIn(b"reasoning_content", body)
