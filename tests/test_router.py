@@ -667,3 +667,42 @@ class QueueTests(RouterTestsBase):
         self.assertEqual(self.log[-1], ("start", "a"))
         self.m["a"].becomeReady()
         self.successResultOf(again[0])
+
+
+class PhaseTests(SynchronousTestCase):
+    """
+    Each lease says how its wait was spent: queueing, other models
+    stopping for it, its model loading.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.log = []
+        self.router = RouterService(
+            loadConfigText(CONFIG),
+            reactor=self.clock,
+            machineFactory=lambda model, onExit: FakeMachine(model, onExit, self.log),
+        )
+        self.m = self.router.machines
+
+    def test_readyModelHasNoWait(self):
+        d = self.router.acquire("a")
+        self.m["a"].becomeReady()
+        self.successResultOf(d).release()
+        lease = self.successResultOf(self.router.acquire("a"))
+        self.assertEqual(lease.phases, {"queue": 0.0, "stop": 0.0, "load": 0.0})
+
+    def test_swapIsSplitIntoQueueStopAndLoad(self):
+        d = self.router.acquire("a")
+        self.m["a"].becomeReady()
+        busy = self.successResultOf(d)
+        waiting = self.router.acquire("b")
+        self.clock.advance(2)  # b queues behind a's request
+        busy.release()
+        self.clock.advance(3)  # a stops
+        self.m["a"].finishStop()
+        self.clock.advance(5)  # b loads
+        self.m["b"].becomeReady()
+        lease = self.successResultOf(waiting)
+        self.assertEqual(lease.phases, {"queue": 2.0, "stop": 3.0, "load": 5.0})
+        self.assertEqual(lease.dispatched - lease.arrived, 10.0)

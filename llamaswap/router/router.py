@@ -22,7 +22,8 @@ wake-up timer fired; an unload was asked; the service stops.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, List, Optional, Protocol
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Protocol
 
 import attr
 from twisted.application.service import Service
@@ -79,12 +80,21 @@ class Lease:
     @ivar modelId: the model the lease is for.
     @ivar baseURL: the upstream's base URL (the model's C{proxy}).
     @ivar released: whether L{release} was called.
+    @ivar arrived: when the request reached the router (reactor seconds).
+    @ivar dispatched: when it was granted this lease.
+    @ivar phases: how the wait between the two was spent, in seconds:
+        C{queue} (waiting behind others), C{stop} (other models stopping to
+        make room for this one) and C{load} (this model starting); they add
+        up to C{dispatched - arrived}.
     """
 
     modelId: str = attr.ib()
     baseURL: str = attr.ib()
     _onRelease: Callable[["Lease"], None] = attr.ib(repr=False)
     released: bool = attr.ib(default=False)
+    arrived: float = attr.ib(default=0.0)
+    dispatched: float = attr.ib(default=0.0)
+    phases: Dict[str, float] = attr.ib(factory=lambda: {"queue": 0.0, "stop": 0.0, "load": 0.0})
 
     def release(self) -> None:
         """
@@ -123,6 +133,7 @@ class _StopInProgress:
     began: float = attr.ib()
     why: str = attr.ib()
     waiters: List[Deferred] = attr.ib(factory=list)
+    windows: List[list] = attr.ib(factory=list)  # [began, ended] stop windows to close
 
 
 class RouterService(Service):
@@ -168,6 +179,10 @@ class RouterService(Service):
         self._closed: Dict[str, Close] = {}
         self._swaps: Dict[str, float] = {}  # target -> when its swap began
         self._starts: Dict[str, float] = {}  # model -> when its start began
+        # Recent [began, ended] windows, for the phases of each lease: other
+        # models stopping to make room for a model, and the model loading.
+        self._stopWindows: Dict[str, Deque[list]] = {}
+        self._loadWindows: Dict[str, Deque[list]] = {}
         self._aborted: set = set()  # starts that our own stop aborted
         self._stops: Dict[str, _StopInProgress] = {}
         self._wake: Optional[IDelayedCall] = None
@@ -385,9 +400,15 @@ class RouterService(Service):
             self._idleSince[modelId] = self._reactor.seconds()
         self._step()
 
+    def _closeLoadWindow(self, modelId: str, now: float) -> None:
+        windows = self._loadWindows.get(modelId)
+        if windows and windows[-1][1] is None:
+            windows[-1][1] = now
+
     def _started(self, _: object, modelId: str, startedAt: float, swapBegan: float) -> None:
         self._starts.pop(modelId, None)
         now = self._reactor.seconds()
+        self._closeLoadWindow(modelId, now)
         self._idleSince[modelId] = now
         self.log.info(
             "[{model}] ready: start took {start:.3f}s, swap {swap:.3f}s",
@@ -401,6 +422,7 @@ class RouterService(Service):
         self, reason: Failure, modelId: str, startedAt: float, swapBegan: float
     ) -> None:
         self._starts.pop(modelId, None)
+        self._closeLoadWindow(modelId, self._reactor.seconds())
         if modelId in self._aborted:
             self._aborted.discard(modelId)
             self.log.info("[{model}] start aborted by a stop", model=modelId)
@@ -512,6 +534,12 @@ class RouterService(Service):
                 else:
                     why = f"making room for {decision.forModel}"
                 self._stopModel(decision.model, why)
+                stop = self._stops.get(decision.model)
+                if decision.forModel is not None and stop is not None:
+                    window = [now, None]
+                    self._stopWindows.setdefault(
+                        decision.forModel, deque(maxlen=8)).append(window)
+                    stop.windows.append(window)
             elif isinstance(decision, Start):
                 self._startModel(decision.model, now)
         wanted = {w.modelId for w in self._pending}
@@ -536,7 +564,35 @@ class RouterService(Service):
             self._again = True
             return waiter, None
         self._inFlight[modelId] += 1
-        return waiter, Lease(modelId, self.config.models[modelId].proxy, self._release)
+        lease = Lease(
+            modelId,
+            self.config.models[modelId].proxy,
+            self._release,
+            arrived=waiter.arrived,
+            dispatched=now,
+            phases=self._phases(modelId, waiter.arrived, now),
+        )
+        return waiter, lease
+
+    def _phases(self, modelId: str, arrived: float, dispatched: float) -> Dict[str, float]:
+        """
+        @return: how a request for C{modelId} that waited from C{arrived}
+            to C{dispatched} spent that time: other models stopping for
+            C{modelId}, C{modelId} loading, and the rest queueing.
+        """
+
+        def overlap(windows) -> float:
+            total = 0.0
+            for began, ended in windows:
+                ended = dispatched if ended is None else ended
+                total += max(0.0, min(ended, dispatched) - max(began, arrived))
+            return total
+
+        stop = overlap(self._stopWindows.get(modelId, ()))
+        load = overlap(self._loadWindows.get(modelId, ()))
+        waited = max(0.0, dispatched - arrived)
+        stop, load = min(stop, waited), min(load, max(0.0, waited - stop))
+        return {"queue": max(0.0, waited - stop - load), "stop": stop, "load": load}
 
     def _explain(self, target: str, running) -> None:
         try:
@@ -594,6 +650,8 @@ class RouterService(Service):
             return
         swapBegan = self._swaps.pop(modelId, now)
         self._starts[modelId] = now
+        window = [now, None]
+        self._loadWindows.setdefault(modelId, deque(maxlen=4)).append(window)
         self._aborted.discard(modelId)
         self.log.info("[{model}] starting", model=modelId)
         d = machine.start()
@@ -634,6 +692,8 @@ class RouterService(Service):
     def _stopped(self, result: object, modelId: str, stop: _StopInProgress) -> None:
         if self._stops.get(modelId) is stop:
             del self._stops[modelId]
+        for window in stop.windows:
+            window[1] = self._reactor.seconds()
         if isinstance(result, Failure):
             self.log.failure("[{model}] stopping failed", result, model=modelId)
         self._idleSince.pop(modelId, None)
