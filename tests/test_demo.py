@@ -6,6 +6,7 @@ L{treq.testing.StubTreq} and a L{Clock} for token and start-up delays.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import struct
 from typing import Any
@@ -690,6 +691,400 @@ class ErrorTests(DemoTestCase):
             self.fetch("GET", "/health")
         [event] = [e for e in events if e.get("path") == "/health"]
         self.assertEqual((event["method"], event["code"]), ("GET", 200))
+
+
+def encodeForm(parts: list[tuple], boundary: bytes = b"demoBoundary42") -> tuple[bytes, str]:
+    """
+    Encode a multipart form: C{(name, value)} fields and C{(name, value,
+    filename)} files.
+
+    @return: the body and its C{Content-Type}.
+    """
+    out = []
+    for part in parts:
+        out.append(b"--" + boundary + b"\r\n")
+        disposition = b'Content-Disposition: form-data; name="' + part[0] + b'"'
+        if len(part) > 2:
+            out.append(disposition + b'; filename="' + part[2] + b'"\r\n'
+                       + b"Content-Type: application/octet-stream\r\n\r\n")
+        else:
+            out.append(disposition + b"\r\n\r\n")
+        out.append(part[1] + b"\r\n")
+    out.append(b"--" + boundary + b"--\r\n")
+    return b"".join(out), "multipart/form-data; boundary=" + boundary.decode()
+
+
+def audioBytes(size: int) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(size))
+
+
+class RouteTestCase(DemoTestCase):
+    def assertTagged(self, response: Any, route: str, model: str) -> None:
+        """
+        The response names the route that answered and the model received.
+        """
+        self.assertIdentity(response)
+        self.assertEqual(response.headers.getRawHeaders("x-demo-route"), [route])
+        self.assertEqual(response.headers.getRawHeaders("x-demo-request-model"), [model])
+
+    def postForm(self, path: str, parts: list[tuple]) -> tuple[Any, bytes]:
+        body, contentType = encodeForm(parts)
+        return self.fetch("POST", path, raw=body, headers={"Content-Type": contentType})
+
+    def assertPNG(self, b64: str) -> None:
+        png = base64.b64decode(b64)
+        self.assertTrue(png.startswith(b"\x89PNG\r\n\x1a\n"))
+        self.assertTrue(png.endswith(b"IEND\xaeB`\x82"))
+
+
+class SpeechTests(RouteTestCase):
+    def test_mp3(self) -> None:
+        response, body = self.fetch("POST", "/v1/audio/speech",
+                                    {"model": "tts-up", "input": "hello there", "voice": "nova"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["audio/mpeg"])
+        self.assertTagged(response, "/v1/audio/speech", "tts-up")
+        self.assertTrue(body.startswith(b"ID3"))
+        self.assertIn(b"/v1/audio/speech model=tts-up voice=nova", body)
+        self.assertIn(b"hello there", body)
+
+    def test_formats(self) -> None:
+        for fmt, contentType in (("wav", "audio/wav"), ("opus", "audio/opus"),
+                                 ("flac", "audio/flac")):
+            response, _ = self.fetch("POST", "/v1/audio/speech",
+                                     {"input": "x", "response_format": fmt})
+            self.assertEqual(response.headers.getRawHeaders("content-type"), [contentType])
+
+    def test_errors(self) -> None:
+        response, body = self.fetchJSON("POST", "/v1/audio/speech", {"model": "m"})
+        self.assertJSONResponse(response, 400)
+        self.assertEqual(body["error"]["param"], "input")
+        response, body = self.fetchJSON("POST", "/v1/audio/speech",
+                                        {"input": "x", "response_format": "midi"})
+        self.assertEqual(body["error"]["param"], "response_format")
+
+
+class VoicesTests(RouteTestCase):
+    def test_get(self) -> None:
+        """
+        Item 35's upstream: C{GET /v1/audio/voices?model=tts}.
+        """
+        response, body = self.fetchJSON("GET", "/v1/audio/voices?model=tts")
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/v1/audio/voices", "tts")
+        self.assertEqual(body["model"], "tts")
+        self.assertEqual(body["route"], "/v1/audio/voices")
+        self.assertIn("alloy", body["voices"])
+
+    def test_post(self) -> None:
+        response, body = self.fetchJSON("POST", "/v1/audio/voices", {"model": "tts2"})
+        self.assertTagged(response, "/v1/audio/voices", "tts2")
+        self.assertEqual(body["model"], "tts2")
+
+    def test_noModel(self) -> None:
+        _, body = self.fetchJSON("GET", "/v1/audio/voices")
+        self.assertEqual(body["model"], "demo")
+
+
+class TranscriptionTests(RouteTestCase):
+    def test_fileArrives(self) -> None:
+        """
+        Item 34's upstream: the answer carries the file's size and hash, so
+        a test can check it arrived byte for byte.
+        """
+        audio = audioBytes(300_000)
+        response, raw = self.postForm("/v1/audio/transcriptions", [
+            (b"file", audio, b"speech.wav"),
+            (b"model", b"whisper-1"),
+            (b"language", b"en"),
+        ])
+        self.assertEqual(response.code, 200)
+        self.assertTagged(response, "/v1/audio/transcriptions", "whisper-1")
+        body = json.loads(raw)
+        self.assertEqual(body["model"], "whisper-1")
+        self.assertEqual(body["route"], "/v1/audio/transcriptions")
+        self.assertEqual(body["file_bytes"], len(audio))
+        self.assertEqual(body["file_sha256"], hashlib.sha256(audio).hexdigest())
+        self.assertEqual(body["filename"], "speech.wav")
+        self.assertEqual(body["fields"], {"model": "whisper-1", "language": "en"})
+        self.assertTrue(body["text"])
+        for word in body["text"].split():
+            self.assertIn(word, text.WORDS)
+
+    def test_deterministicPerFile(self) -> None:
+        first = json.loads(self.postForm("/v1/audio/transcriptions",
+                                         [(b"file", b"abc", b"a.wav")])[1])
+        again = json.loads(self.postForm("/v1/audio/transcriptions",
+                                         [(b"file", b"abc", b"b.wav")])[1])
+        other = json.loads(self.postForm("/v1/audio/transcriptions",
+                                         [(b"file", b"abd", b"a.wav")])[1])
+        self.assertEqual(first["text"], again["text"])
+        self.assertNotEqual(first["text"], other["text"])
+        self.assertEqual(first["model"], "demo")
+
+    def test_textFormat(self) -> None:
+        response, raw = self.postForm("/v1/audio/transcriptions", [
+            (b"file", b"abc", b"a.wav"), (b"model", b"w"), (b"response_format", b"text")])
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["text/plain; charset=utf-8"])
+        self.assertTrue(raw.endswith(b"\n"))
+
+    def test_verboseJSON(self) -> None:
+        _, raw = self.postForm("/v1/audio/transcriptions", [
+            (b"file", b"abc", b"a.wav"), (b"response_format", b"verbose_json")])
+        body = json.loads(raw)
+        self.assertEqual(body["task"], "transcribe")
+        self.assertIn("segments", body)
+
+    def test_stream(self) -> None:
+        response, raw = self.postForm("/v1/audio/transcriptions", [
+            (b"file", b"abc", b"a.wav"), (b"model", b"w"), (b"stream", b"true")])
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["text/event-stream; charset=utf-8"])
+        events = [data for _, data in parseSSE(raw)]
+        self.assertEqual(events[-1]["type"], "transcript.text.done")
+        self.assertEqual("".join(e["delta"] for e in events[:-1]).strip(), events[-1]["text"])
+
+    def test_errors(self) -> None:
+        response, body = self.fetchJSON("POST", "/v1/audio/transcriptions",
+                                        raw=b"x", headers={"Content-Type": "text/plain"})
+        self.assertJSONResponse(response, 400)
+        body_, contentType = encodeForm([(b"model", b"w")])
+        response, body = self.fetchJSON("POST", "/v1/audio/transcriptions", raw=body_,
+                                        headers={"Content-Type": contentType})
+        self.assertJSONResponse(response, 400)
+        self.assertEqual(body["error"]["param"], "file")
+        response, body = self.fetchJSON("POST", "/v1/audio/transcriptions", raw=body_[:-30],
+                                        headers={"Content-Type": contentType})
+        self.assertJSONResponse(response, 400)
+        self.assertIn("multipart", body["error"]["message"])
+
+
+class ImageTests(RouteTestCase):
+    def test_generations(self) -> None:
+        response, body = self.fetchJSON("POST", "/v1/images/generations",
+                                        {"model": "sd", "prompt": "a llama", "n": 2})
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/v1/images/generations", "sd")
+        self.assertEqual(body["model"], "sd")
+        self.assertEqual(body["route"], "/v1/images/generations")
+        self.assertIsInstance(body["created"], int)
+        self.assertEqual(len(body["data"]), 2)
+        for item in body["data"]:
+            self.assertPNG(item["b64_json"])
+            self.assertEqual(item["revised_prompt"], "a llama")
+        self.assertNotEqual(body["data"][0]["b64_json"], body["data"][1]["b64_json"])
+
+    def test_url(self) -> None:
+        _, body = self.fetchJSON("POST", "/v1/images/generations",
+                                 {"prompt": "x", "response_format": "url"})
+        self.assertTrue(body["data"][0]["url"].startswith("data:image/png;base64,"))
+
+    def test_generationErrors(self) -> None:
+        for bad, param in (({}, "prompt"), ({"prompt": "x", "n": 0}, "n"),
+                           ({"prompt": "x", "response_format": "gif"}, "response_format")):
+            response, body = self.fetchJSON("POST", "/v1/images/generations", bad)
+            self.assertJSONResponse(response, 400)
+            self.assertEqual(body["error"]["param"], param)
+
+    def test_edits(self) -> None:
+        image = audioBytes(150_000)
+        response, raw = self.postForm("/v1/images/edits", [
+            (b"image", image, b"in.png"),
+            (b"mask", b"MASK", b"mask.png"),
+            (b"prompt", b"add a hat"),
+            (b"model", b"sd-edit"),
+        ])
+        self.assertEqual(response.code, 200)
+        self.assertTagged(response, "/v1/images/edits", "sd-edit")
+        body = json.loads(raw)
+        self.assertEqual(body["model"], "sd-edit")
+        self.assertEqual(body["route"], "/v1/images/edits")
+        self.assertEqual(body["file_bytes"], len(image))
+        self.assertEqual(body["file_sha256"], hashlib.sha256(image).hexdigest())
+        self.assertEqual([f["field"] for f in body["files"]], ["image", "mask"])
+        self.assertEqual(body["files"][1]["bytes"], 4)
+        self.assertPNG(body["data"][0]["b64_json"])
+
+    def test_editsArrayField(self) -> None:
+        _, raw = self.postForm("/v1/images/edits", [(b"image[]", b"abc", b"a.png"),
+                                                    (b"prompt", b"p")])
+        self.assertEqual(json.loads(raw)["file_bytes"], 3)
+
+    def test_editErrors(self) -> None:
+        response, raw = self.postForm("/v1/images/edits", [(b"prompt", b"p")])
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(raw)["error"]["param"], "image")
+        response, raw = self.postForm("/v1/images/edits", [(b"image", b"a", b"a.png")])
+        self.assertEqual(json.loads(raw)["error"]["param"], "prompt")
+
+
+class RerankTests(RouteTestCase):
+    ROUTES = ("/v1/rerank", "/rerank", "/reranking", "/v1/reranking")
+
+    def test_shape(self) -> None:
+        documents = ["llamas are camelids", "the weather is nice", "alpacas too"]
+        for route in self.ROUTES:
+            response, body = self.fetchJSON("POST", route, {
+                "model": "reranker", "query": "what is a llama", "documents": documents})
+            self.assertJSONResponse(response, 200)
+            self.assertTagged(response, route, "reranker")
+            self.assertEqual(body["route"], route)
+            self.assertEqual(body["model"], "reranker")
+            results = body["results"]
+            self.assertEqual(sorted(r["index"] for r in results), [0, 1, 2])
+            scores = [r["relevance_score"] for r in results]
+            self.assertEqual(scores, sorted(scores, reverse=True))
+            for score in scores:
+                self.assertTrue(0.0 <= score <= 1.0)
+            self.assertEqual(body["usage"]["prompt_tokens"], body["usage"]["total_tokens"])
+
+    def test_topNAndDocuments(self) -> None:
+        _, body = self.fetchJSON("POST", "/v1/rerank", {
+            "query": "q", "documents": ["a", {"text": "b"}, "c"], "top_n": 2,
+            "return_documents": True})
+        self.assertEqual(len(body["results"]), 2)
+        for result in body["results"]:
+            self.assertEqual(result["document"]["text"], ["a", "b", "c"][result["index"]])
+
+    def test_errors(self) -> None:
+        for bad, param in (({"documents": ["a"]}, "query"),
+                           ({"query": "q"}, "documents"),
+                           ({"query": "q", "documents": []}, "documents"),
+                           ({"query": "q", "documents": [1]}, "documents"),
+                           ({"query": "q", "documents": ["a"], "top_n": -1}, "top_n")):
+            response, body = self.fetchJSON("POST", "/rerank", bad)
+            self.assertJSONResponse(response, 400)
+            self.assertEqual(body["error"]["param"], param)
+
+
+class NativeCompletionTests(RouteTestCase):
+    def test_completion(self) -> None:
+        response, body = self.fetchJSON("POST", "/completion",
+                                        {"model": "llama", "prompt": "once upon a time"})
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/completion", "llama")
+        self.assertEqual(body["route"], "/completion")
+        self.assertEqual(body["model"], "llama")
+        self.assertTrue(body["stop"])
+        self.assertEqual(body["stop_type"], "eos")
+        self.assertEqual(body["tokens_predicted"], 16)
+        self.assertEqual(body["tokens_evaluated"], 4)
+        self.assertEqual(len(body["content"].split()), 16)
+        self.assertEqual((body["timings"]["prompt_n"], body["timings"]["predicted_n"]), (4, 16))
+
+    def test_nPredict(self) -> None:
+        _, body = self.fetchJSON("POST", "/completion", {"prompt": "x", "n_predict": 3})
+        self.assertEqual(body["tokens_predicted"], 3)
+        self.assertEqual(body["stop_type"], "limit")
+        _, body = self.fetchJSON("POST", "/completion", {"prompt": "x", "n_predict": -1})
+        self.assertEqual(body["tokens_predicted"], 16)
+
+    def test_severalPrompts(self) -> None:
+        _, body = self.fetchJSON("POST", "/completion", {"prompt": ["a", "b"]})
+        self.assertEqual([r["index"] for r in body], [0, 1])
+
+    def test_stream(self) -> None:
+        """
+        llama-server's native stream: one C{data:} event per token, then a
+        final one with C{stop} and C{timings}; no C{[DONE]}.
+        """
+        response, raw = self.fetch("POST", "/completion",
+                                   {"model": "llama", "prompt": "x", "stream": True,
+                                    "n_predict": 4})
+        self.assertTagged(response, "/completion", "llama")
+        events = [data for _, data in parseSSE(raw)]
+        self.assertEqual(len(events), 5)
+        self.assertEqual([e["stop"] for e in events], [False] * 4 + [True])
+        self.assertEqual(events[-1]["timings"]["predicted_n"], 4)
+        self.assertEqual(events[-1]["content"], "")
+        self.assertNotIn("[DONE]", events)
+
+    def test_infill(self) -> None:
+        response, body = self.fetchJSON("POST", "/infill", {
+            "model": "coder", "input_prefix": "def f(", "input_suffix": "):\n    pass"})
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/infill", "coder")
+        self.assertEqual(body["route"], "/infill")
+        self.assertIn("timings", body)
+        self.assertIn("<FIM>", body["prompt"])
+
+    def test_errors(self) -> None:
+        response, body = self.fetchJSON("POST", "/completion", {"model": "m"})
+        self.assertEqual(body["error"]["param"], "prompt")
+        response, body = self.fetchJSON("POST", "/infill", {"model": "m"})
+        self.assertJSONResponse(response, 400)
+        response, body = self.fetchJSON("POST", "/infill", {"input_prefix": 1})
+        self.assertEqual(body["error"]["param"], "input_prefix")
+
+
+class SDAPITests(RouteTestCase):
+    def test_txt2img(self) -> None:
+        request = {"model": "sd15", "prompt": "a llama", "batch_size": 2, "steps": 4}
+        response, body = self.fetchJSON("POST", "/sdapi/v1/txt2img", request)
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/sdapi/v1/txt2img", "sd15")
+        self.assertEqual(len(body["images"]), 2)
+        for image in body["images"]:
+            self.assertPNG(image)
+        self.assertEqual(body["parameters"], request)
+        info = json.loads(body["info"])
+        self.assertEqual((info["model"], info["route"]), ("sd15", "/sdapi/v1/txt2img"))
+
+    def test_img2img(self) -> None:
+        init = audioBytes(5000)
+        response, body = self.fetchJSON("POST", "/sdapi/v1/img2img", {
+            "model": "sd15", "prompt": "p",
+            "init_images": [base64.b64encode(init).decode()]})
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/sdapi/v1/img2img", "sd15")
+        info = json.loads(body["info"])
+        self.assertEqual(info["init_image_bytes"], len(init))
+        self.assertEqual(info["init_image_sha256"], hashlib.sha256(init).hexdigest())
+        self.assertPNG(body["images"][0])
+
+    def test_img2imgErrors(self) -> None:
+        for bad in ({}, {"init_images": []}, {"init_images": ["***"]}):
+            response, body = self.fetchJSON("POST", "/sdapi/v1/img2img", bad)
+            self.assertJSONResponse(response, 400)
+            self.assertEqual(body["error"]["param"], "init_images")
+
+    def test_loras(self) -> None:
+        response, body = self.fetchJSON("GET", "/sdapi/v1/loras?model=sdxl")
+        self.assertJSONResponse(response, 200)
+        self.assertTagged(response, "/sdapi/v1/loras", "sdxl")
+        self.assertTrue(body)
+        for lora in body:
+            self.assertTrue(lora["path"].startswith("/loras/sdxl/"))
+
+
+class UnversionedTests(RouteTestCase):
+    """
+    The paths llama-swap's C{/v/...} routes forward to (C{/v} dropped) and
+    llama-server's unversioned aliases all answer.
+    """
+
+    def test_aliases(self) -> None:
+        cases = [
+            ("/chat/completions", chat()),
+            ("/completions", {"prompt": "x"}),
+            ("/embeddings", {"input": "x"}),
+            ("/responses", {"input": "x"}),
+            ("/messages", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4}),
+            ("/messages/count_tokens", {"messages": [{"role": "user", "content": "x"}]}),
+            ("/rerank", {"query": "q", "documents": ["a"]}),
+            ("/reranking", {"query": "q", "documents": ["a"]}),
+        ]
+        for path, body in cases:
+            response, _ = self.fetchJSON("POST", path, body)
+            self.assertJSONResponse(response, 200)
+        response, _ = self.fetchJSON("GET", "/models")
+        self.assertJSONResponse(response, 200)
+
+    def test_anthropicErrorShape(self) -> None:
+        response, body = self.fetchJSON("POST", "/messages", {"model": "x"})
+        self.assertJSONResponse(response, 400)
+        self.assertEqual(body["type"], "error")
 
 
 class TextTests(SynchronousTestCase):

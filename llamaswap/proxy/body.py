@@ -99,3 +99,57 @@ def inspectBody(raw: bytes, contentType: bytes | None) -> InferenceBody:
             stream = (fields.get("stream") or [""])[0] == "true"
             return InferenceBody(model, stream, raw)
     raise NoModelIdentified()
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ClientBody:
+    """
+    What a model-dispatched request carries, however it carries it.
+
+    @ivar model: the model name the client asked for.
+    @ivar stream: whether it asked for a streamed answer.
+    @ivar raw: the whole body, for JSON and URL-encoded bodies; L{None} for
+        multipart forms (left in the request's spooled file) and for
+        bodiless requests.
+    @ivar isJSON: whether C{raw} is a JSON object (filters apply to it).
+    @ivar form: the scanned multipart form, or L{None}.
+    """
+
+    model: str
+    stream: bool
+    raw: bytes | None = None
+    isJSON: bool = False
+    form: object = None
+
+
+def readClientBody(request, limit: int) -> ClientBody:
+    """
+    Find the model of a model-dispatched request: C{?model=} for requests
+    without a body (C{GET}), the form field of a C{multipart/form-data}
+    body (scanned in place, never read whole), else the JSON (or
+    URL-encoded) body.
+
+    @raise BodyTooLarge: past C{limit} bytes.
+    @raise BadRequest: for a malformed JSON or multipart body.
+    @raise NoModelIdentified: when no model name is found.
+    """
+    from llamaswap.proxy.multipart import inspectMultipart, isMultipart
+
+    if request.method in (b"GET", b"HEAD", b"DELETE"):
+        model = (request.args.get(b"model") or [b""])[0].decode("utf-8", "replace")
+        if not model:
+            raise NoModelIdentified()
+        stream = (request.args.get(b"stream") or [b""])[0] == b"true"
+        return ClientBody(model, stream)
+    contentType = request.getHeader(b"content-type")
+    if isMultipart(contentType):
+        declared = request.getHeader(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        form = inspectMultipart(request.content, contentType)
+        if form.length > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return ClientBody(form.model, form.stream, form=form)
+    raw = readBody(request, limit)
+    body = inspectBody(raw, contentType)
+    return ClientBody(body.model, body.stream, raw, body.parsed is not None)

@@ -183,7 +183,8 @@ class RelayResource(Resource):
     @param method: the HTTP method (bytes).
     @param headers: the client's request headers (hop-by-hop headers are
         removed here).
-    @param body: the request body to send.
+    @param body: the request body to send: bytes, an L{IBodyProducer}
+        (a large upload streamed from its spool file), or L{None}.
     @param writeError: answers a request with an error and finishes it;
         used when the upstream cannot be reached.
     @param headersSent: the client already has a status and headers (a
@@ -250,8 +251,12 @@ class RelayResource(Resource):
             prior = headers.getRawHeaders(b"x-forwarded-for", [])
             value = b", ".join([*prior, host.encode("ascii")])
             headers.setRawHeaders(b"x-forwarded-for", [value])
-        producer = BytesProducer(self.body) if self.body or self.method in (
-            b"POST", b"PUT", b"PATCH") else None
+        if IBodyProducer.providedBy(self.body):
+            producer = self.body
+        elif self.body or self.method in (b"POST", b"PUT", b"PATCH"):
+            producer = BytesProducer(self.body or b"")
+        else:
+            producer = None
         d = self.agent.request(self.method, self.url, headers, producer)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         status: list[int | None] = [None]

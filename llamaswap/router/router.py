@@ -196,12 +196,17 @@ class RouterService(Service):
     # -- public API -------------------------------------------------------
 
     def acquire(
-        self, name: str, onQueuePosition: Optional[Callable[[int], None]] = None
+        self,
+        name: str,
+        onQueuePosition: Optional[Callable[[int], None]] = None,
+        limited: bool = True,
     ) -> Deferred[Lease]:
         """
         Wait until the model called C{name} (an id or an alias) is ready and
         may take one more request.
 
+        @param limited: whether the model's C{concurrencyLimit} applies
+            (C{/upstream/...} passthrough requests are not limited).
         @param onQueuePosition: called with the request's 1-based position
             in the queue each time it changes while the request waits behind
             others (not while it only waits for its own model to load).
@@ -223,7 +228,7 @@ class RouterService(Service):
             raise UnknownModel("no router for requested model")
         if self._shuttingDown:
             raise ShuttingDown("llamaswap is shutting down")
-        if self._admitted[modelId] >= self.config.models[modelId].concurrencyLimit:
+        if limited and self._admitted[modelId] >= self.config.models[modelId].concurrencyLimit:
             raise TooManyRequests("Too many requests")
         self._admitted[modelId] += 1
         return self._enqueue(modelId, True, onQueuePosition)

@@ -15,14 +15,32 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from llamaswap.errors import LlamaSwapError, UnknownModel
-from llamaswap.proxy.body import inspectBody, readBody
+from llamaswap.errors import LlamaSwapError, UnknownModel, UpstreamUnreachable
+from llamaswap.proxy.body import ClientBody, readClientBody
+from llamaswap.proxy.filters import applyFilters
+from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
+from llamaswap.proxy.peers import PeerDirectory, peerUnreachable, upstreamRequest
 from llamaswap.proxy.relay import RelayResource, UpstreamAgents
+from llamaswap.web.auth import (
+    WWW_AUTHENTICATE,
+    Unauthorized,
+    checkAuth,
+    isOpenPath,
+    stripCredentials,
+)
 from llamaswap.web.errors import renderError, toError, writeError
 from llamaswap.web.loading import LoadingStream
 from llamaswap.web.ui import UIResource, staticPath
+from llamaswap.web.upstream_path import (
+    MODEL_NOT_FOUND,
+    restPathBytes,
+    splitUpstreamPath,
+    upstreamRedirect,
+    upstreamSegments,
+)
 
-# POST routes whose JSON body names the model (SPEC.md section 3.4).
+# POST routes whose body names the model: JSON, or a multipart form for
+# transcriptions and image edits (SPEC.md section 3.4).
 BODY_ROUTES = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -37,10 +55,16 @@ BODY_ROUTES = (
     "/infill",
     "/completion",
     "/v1/audio/speech",
+    "/v1/audio/voices",
+    "/v1/audio/transcriptions",
     "/v1/images/generations",
+    "/v1/images/edits",
     "/sdapi/v1/txt2img",
     "/sdapi/v1/img2img",
 )
+
+# GET routes that name the model in the query (?model=).
+QUERY_ROUTES = ("/v1/audio/voices", "/sdapi/v1/loras")
 
 # The same, reached under /v/ and forwarded without it.
 V_ROUTES = (
@@ -70,25 +94,49 @@ def _text(request, text: str, code: int = 200) -> bytes:
     return text.encode("utf-8")
 
 
+def _contentLength(request) -> int:
+    """
+    @return: the length of the body twisted.web received for C{request}.
+    """
+    content = request.content
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    length = content.tell()
+    content.seek(0)
+    return length
+
+
 def _isToken(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
 
 
-class _Preflight(Resource):
+class _Front(Resource):
     """
-    Answers every C{OPTIONS} request as a CORS preflight (SPEC.md section
-    3.3), before routing and authentication; other methods go to C{wrapped}.
+    What every request meets first: C{OPTIONS} is answered as a CORS
+    preflight (SPEC.md section 3.3); then, when the config has C{apiKeys},
+    the key is checked (section 3.2) and removed from the headers that go
+    upstream; everything else goes to C{wrapped}.
     """
 
     isLeaf = True
 
-    def __init__(self, wrapped) -> None:
+    def __init__(self, wrapped, apiKeys) -> None:
         super().__init__()
         self.wrapped = wrapped
+        self.apiKeys = tuple(apiKeys)
 
     def render(self, request) -> bytes:
-        if request.method != b"OPTIONS":
-            return self.wrapped.render(request)
+        if request.method == b"OPTIONS":
+            return self.preflight(request)
+        if self.apiKeys and not isOpenPath(request.method, request.path):
+            if not checkAuth(request.requestHeaders, self.apiKeys):
+                request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+                return renderError(request, Unauthorized())
+            request.requestHeaders = stripCredentials(request.requestHeaders)
+        return self.wrapped.render(request)
+
+    def preflight(self, request) -> bytes:
         request.setResponseCode(204)
         request.setHeader(b"access-control-allow-origin", b"*")
         request.setHeader(b"access-control-allow-methods", CORS_METHODS)
@@ -132,6 +180,7 @@ class LlamaSwapAPI:
     """
 
     app = Klein()
+    app.url_map.merge_slashes = False  # /upstream/<model>/<path> keeps its path
     log = Logger()
 
     def __init__(
@@ -149,13 +198,14 @@ class LlamaSwapAPI:
         self.clock = clock
         self.now = now
         self.uiResource = UIResource(staticDir or staticPath())
+        self.peers = PeerDirectory.fromConfig(config)
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
 
     def resource(self):
         """
         @return: the L{IResource} serving this API.
         """
-        return _Preflight(self.app.resource())
+        return _Front(self.app.resource(), self.config.apiKeys)
 
     # -- errors -----------------------------------------------------------
 
@@ -170,14 +220,21 @@ class LlamaSwapAPI:
     # -- inference --------------------------------------------------------
 
     async def _relay(self, request, upstreamPath: bytes, loadingState: bool = False):
-        raw = readBody(request, self.bodyLimit)
-        body = inspectBody(raw, request.getHeader(b"content-type"))
-        loading = None
+        """
+        Find the model of a model-dispatched request and relay it to the
+        local upstream (loading it first) or to the peer that serves it.
+        """
+        body = readClientBody(request, self.bodyLimit)
         modelId = self.config.resolve(body.model)
+        if modelId is None:
+            peer = self.peers.peerFor(body.model)
+            if peer is None:
+                raise UnknownModel("no router for requested model")
+            return self._toPeer(request, peer, upstreamPath, body)
+        loading = None
         if (
             loadingState
             and body.stream
-            and modelId is not None
             and self.config.models[modelId].sendLoadingState
             and not self.router.isReady(modelId)
         ):
@@ -196,29 +253,64 @@ class LlamaSwapAPI:
             return _Appended(renderError(request, error))
         if loading is not None:
             await loading.done()
+        model = self.config.models[lease.modelId]
+        return self._toLocal(request, lease, upstreamPath, self._payload(request, body, model),
+                             headersSent=loading is not None)
+
+    def _payload(self, request, body: ClientBody, model):
+        """
+        @return: the body to send upstream for C{model}: the JSON body with
+            the model's filters applied (the same bytes when none apply),
+            a producer streaming a multipart form (its C{model} field
+            rewritten for C{useModelName}), or L{None}.
+        """
+        if body.form is not None:
+            return bodyProducer(request.content, body.form, model.useModelName, self.clock)
+        if body.raw is not None and body.isJSON:
+            return applyFilters(body.raw, model.filters, body.model, model.useModelName) or body.raw
+        return body.raw
+
+    def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False):
         try:
             model = self.config.models[lease.modelId]
-            payload = body.withModel(model.useModelName) if model.useModelName else raw
             url = lease.baseURL.rstrip("/").encode("utf-8") + upstreamPath
             agent = self.agents.agentFor(lease.modelId, model.concurrencyLimit)
-
-            def done(status, failure) -> None:
-                lease.release()
-
             return RelayResource(
                 agent,
                 url,
                 request.method,
                 request.requestHeaders,
                 payload,
-                onDone=done,
+                onDone=lambda status, failure: lease.release(),
                 writeError=lambda req, error: writeError(req, toError(error)),
                 modelId=lease.modelId,
-                headersSent=loading is not None,
+                headersSent=headersSent,
             )
         except BaseException:
             lease.release()
             raise
+
+    def _toPeer(self, request, peer, upstreamPath: bytes, body: ClientBody) -> RelayResource:
+        raw = body.raw if body.form is None else None
+        url, headers, payload = upstreamRequest(
+            peer, upstreamPath, request.requestHeaders, raw, body.model)
+        if body.form is not None:
+            payload = bodyProducer(request.content, body.form, "", self.clock)
+
+        def unreachable(req, error: Exception) -> None:
+            reason = error.message if isinstance(error, UpstreamUnreachable) else str(error)
+            writeError(req, peerUnreachable(reason.removeprefix("upstream unreachable: ")))
+
+        return RelayResource(
+            self.agents.agentFor("peer:" + peer.id),
+            url,
+            request.method,
+            headers,
+            payload,
+            onDone=lambda status, failure: None,
+            writeError=unreachable,
+            modelId=f"{peer.id}: {body.model}",
+        )
 
     for _path in BODY_ROUTES:
 
@@ -227,6 +319,12 @@ class LlamaSwapAPI:
             loadingState = request.path == b"/v1/chat/completions"
             return await self._relay(request, request.uri, loadingState)
 
+    for _path in QUERY_ROUTES:
+
+        @app.route(_path, methods=["GET"], endpoint="query:" + _path)
+        async def inferenceQuery(self, request):
+            return await self._relay(request, request.uri)
+
     for _path in V_ROUTES:
 
         @app.route(_path, methods=["POST"], endpoint="inference-v:" + _path)
@@ -234,6 +332,39 @@ class LlamaSwapAPI:
             return await self._relay(request, request.uri[len(b"/v"):])
 
     del _path
+
+    # -- passthrough ------------------------------------------------------
+
+    @app.route("/upstream", methods=["GET", "HEAD"])
+    def upstreamRoot(self, request) -> bytes:
+        request.redirect(b"/ui/models")
+        return b""
+
+    @app.route(
+        "/upstream/<path:rest>",
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+    )
+    async def upstream(self, request, rest: str):
+        """
+        C{/upstream/<model>/<path>}: any request relayed as it is to the
+        model's own server (SPEC.md section 3.7), loading it first.
+        """
+        segments = upstreamSegments(request.path) or []
+        found = splitUpstreamPath(segments, self.config)
+        if found is None:
+            raise UnknownModel(MODEL_NOT_FOUND)
+        modelId, restPath = found
+        if not restPath:
+            status, location = upstreamRedirect(request.method, request.uri)
+            request.setResponseCode(status)
+            request.setHeader(b"location", location)
+            return b""
+        query = request.uri.partition(b"?")[2]
+        upstreamPath = restPathBytes(restPath) + (b"?" + query if query else b"")
+        lease = await self.router.acquire(modelId, limited=False)
+        length = _contentLength(request)
+        payload = SplicedFileProducer(request.content, length, clock=self.clock) if length else None
+        return self._toLocal(request, lease, upstreamPath, payload)
 
     # -- models and operations --------------------------------------------
 
@@ -250,6 +381,7 @@ class LlamaSwapAPI:
                 for alias in model.aliases:
                     if alias.strip():
                         data.append(dict(record, id=alias))
+        data += self.peers.listing(created)
         data.sort(key=lambda r: r["id"])
         origin = request.getHeader(b"origin")
         if origin:
