@@ -79,3 +79,44 @@ class DaemonInProcessTests(TestCase):
             self.assertEqual(len(set(pids)), 1)
 
         return Deferred.fromCoroutine(run())
+
+    def test_chunkedRequestBodyIsRelayed(self) -> Deferred[None]:
+        """
+        A request body sent with C{Transfer-Encoding: chunked} (no length)
+        is read and relayed like any other.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.defer import succeed
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.http_headers import Headers
+        from twisted.web.iweb import UNKNOWN_LENGTH
+
+        class Chunked:
+            length = UNKNOWN_LENGTH
+
+            def startProducing(self, consumer):
+                body = json.dumps({"model": "model-a", "messages": [
+                    {"role": "user", "content": "chunked body"}]}).encode()
+                consumer.write(body[:10])
+                consumer.write(body[10:])
+                return succeed(None)
+
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        async def run() -> None:
+            agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+            response = await agent.request(
+                b"POST", (self.daemon.base + "/v1/chat/completions").encode(),
+                Headers({b"content-type": [b"application/json"]}), Chunked())
+            body = await readBody(response)
+            self.assertEqual(response.code, 200, body)
+            self.assertEqual(json.loads(body)["usage"]["completion_tokens"], 5)
+
+        return Deferred.fromCoroutine(run())
