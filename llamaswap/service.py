@@ -10,11 +10,72 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.web.app import LlamaSwapAPI
+
+
+class AccessLoggingSite(Site):
+    """
+    A L{Site} that logs one line per request in the reference's format,
+    C{Request <ip> "<METHOD> <path> <proto>" <status> <bytes> "<ua>" <dur>},
+    where the IP is the first C{X-Forwarded-For} entry, else C{X-Real-IP},
+    else the peer; requests for C{/wol-health}, C{/api/performance} and
+    C{/metrics} are not logged (SPEC.md section 3.11).
+    """
+
+    accessLog = Logger(namespace="llamaswap.access")
+    quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
+
+    def __init__(self, resource, clock) -> None:
+        super().__init__(resource)
+        self.clock = clock
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def getResourceFor(self, request):
+        request._llamaswapStarted = self.clock.seconds()
+        return super().getResourceFor(request)
+
+    def log(self, request) -> None:  # type: ignore[override]
+        path = request.path or b""
+        if path.startswith(self.quietPrefixes):
+            return
+        forwarded = (request.getHeader(b"x-forwarded-for") or b"").split(b",")[0].strip()
+        ip = forwarded or (request.getHeader(b"x-real-ip") or b"").strip()
+        if not ip:
+            peer = request.getClientAddress()
+            ip = getattr(peer, "host", "-")
+        ip = ip.decode("latin-1") if isinstance(ip, bytes) else ip
+        started = getattr(request, "_llamaswapStarted", None)
+        duration = 0.0 if started is None else self.clock.seconds() - started
+        self.accessLog.info(
+            'Request {ip} "{method} {uri} {proto}" {status} {size} "{agent}" {duration}',
+            ip=ip,
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            proto=request.clientproto.decode("latin-1"),
+            status=request.code,
+            size=request.sentLength,
+            agent=(request.getHeader(b"user-agent") or b"").decode("latin-1"),
+            duration=_goDuration(duration),
+        )
+
+
+
+def _goDuration(seconds: float) -> str:
+    """
+    @return: C{seconds} written like Go's C{time.Duration}: C{812.5ms},
+        C{1.2s}, C{45µs}.
+    """
+    if seconds >= 1:
+        return f"{seconds:.3g}s"
+    if seconds >= 0.001:
+        return f"{seconds * 1e3:.4g}ms"
+    return f"{seconds * 1e6:.4g}µs"
 
 
 class _Housekeeping(Service):
@@ -53,20 +114,24 @@ def makeRootService(config, reactor, listen: str, launcher: Launcher | None = No
     @param launcher: spawns upstream processes (a real L{Launcher} unless
         given).
 
-    @return: the root L{MultiService}: housekeeping, the router (which owns
-        every upstream process) and the web server, started in that order
-        and stopped in reverse, so the port closes first and the daemon
-        exits only once every upstream process group is gone.
+    @return: the root L{MultiService}: housekeeping, the observatory (logs,
+        events, metrics), the router (which owns every upstream process)
+        and the web server, started in that order and stopped in reverse,
+        so the port closes first and the daemon exits only once every
+        upstream process group is gone.
     """
     root = MultiService()
     launcher = launcher if launcher is not None else Launcher(reactor)
     probe = HealthProbe(reactor)
     agents = UpstreamAgents(reactor)
     _Housekeeping(launcher, agents, probe).setServiceParent(root)
+    observatory = Observatory(config, reactor)
+    observatory.setServiceParent(root)
 
     def stateChanged(modelId: str, old: str, new: str) -> None:
         if new in ("stopped", "failed"):
             agents.reset(modelId)
+        observatory.stateChanged(modelId, old, new)
 
     def machineFactory(model, onExit) -> UpstreamMachine:
         return UpstreamMachine(
@@ -76,14 +141,15 @@ def makeRootService(config, reactor, listen: str, launcher: Launcher | None = No
             probe=probe,
             healthCheckTimeout=config.healthCheckTimeout,
             onStateChange=stateChanged,
+            onOutput=observatory.upstreamOutput,
             onExit=onExit,
         )
 
-    router = RouterService(config, reactor=reactor, machineFactory=machineFactory)
+    router = RouterService(
+        config, reactor=reactor, machineFactory=machineFactory, observer=observatory)
     router.setServiceParent(root)
-    api = LlamaSwapAPI(config, router, agents, clock=reactor)
-    site = Site(api.resource())
-    site.displayTracebacks = False
+    api = LlamaSwapAPI(config, router, agents, clock=reactor, observatory=observatory)
+    site = AccessLoggingSite(api.resource(), clock=reactor)
     web = strports.service(listen, site, reactor=reactor)
     web.setName("web")
     web.setServiceParent(root)

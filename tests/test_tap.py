@@ -95,7 +95,7 @@ class ServiceTests(SynchronousTestCase):
         root = makeRootService(config, MemoryReactorClock(), "tcp:0:interface=127.0.0.1")
         self.assertIsInstance(root, MultiService)
         names = [s.name for s in root]
-        self.assertEqual(names, ["housekeeping", "router", "web"])
+        self.assertEqual(names, ["housekeeping", "observatory", "router", "web"])
         self.assertEqual(set(root.getServiceNamed("router").machines), set(config.models))
 
 

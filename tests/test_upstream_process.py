@@ -71,6 +71,16 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(len(self.lines), 1)
         self.assertEqual(len(self.lines[0][2]), 70 * 1024)
 
+    def test_notLoggedWhenACallbackTakesThem(self) -> None:
+        """
+        Lines handed to C{onOutput} are not also logged: the callback decides
+        where they go (the log buffers, and stdout per C{logToStdout}).
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.process.emit(b"hello\n")
+        self.assertEqual(len(events), 0)
+        self.assertEqual(self.lines, [("m1", "stdout", "hello")])
+
     def test_invalidUTF8(self) -> None:
         """
         Bytes that are not UTF-8 are replaced, not fatal.
@@ -78,12 +88,15 @@ class ProtocolTests(SynchronousTestCase):
         self.process.emit(b"caf\xe9\n")
         self.assertEqual(self.lines, [("m1", "stdout", "caf\ufffd")])
 
-    def test_logged(self) -> None:
+    def test_loggedWithoutACallback(self) -> None:
         """
-        Each line is logged with model, stream and line keys.
+        Without an C{onOutput} callback, each line is logged with model,
+        stream and line keys.
         """
+        proto = UpstreamProcessProtocol("m1")
+        process = self.reactor.spawnProcess(proto, "x", ["x"])
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.process.emit(b"hello\n", fd=2)
+        process.emit(b"hello\n", fd=2)
         [event] = events
         self.assertEqual(event["log_format"], "[{model}] {line}")
         self.assertEqual(

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from llamaswap.errors import UpstreamUnreachable
 from llamaswap.httpclient import quietPool
+from llamaswap.observe.tokens import filterAcceptEncoding
 
 HOP_BY_HOP = frozenset(
     {
@@ -148,10 +149,12 @@ class _BodyRelay(Protocol):
     arrives; the upstream transport is the request's producer.
     """
 
-    def __init__(self, request, done: Deferred[None], isGone: Callable[[], bool]) -> None:
+    def __init__(self, request, done: Deferred[None], isGone: Callable[[], bool],
+                 meter=None) -> None:
         self.request = request
         self.done = done
         self.isGone = isGone
+        self.meter = meter
         self.registered = False
 
     def connectionMade(self) -> None:
@@ -162,6 +165,8 @@ class _BodyRelay(Protocol):
             self.registered = True
 
     def dataReceived(self, data: bytes) -> None:
+        if self.meter is not None:
+            self.meter.data(data)
         if not self.isGone():
             self.request.write(data)
 
@@ -187,6 +192,12 @@ class RelayResource(Resource):
         (a large upload streamed from its spool file), or L{None}.
     @param writeError: answers a request with an error and finishes it;
         used when the upstream cannot be reached.
+    @param meter: observes the exchange, or L{None}: C{response(status,
+        headers)} when the upstream answers, C{data(chunk)} for every chunk
+        relayed, C{done(status)} at the end, and C{timer} (a
+        L{llamaswap.observe.timing.PhaseTimer}) whose phases go out in a
+        C{Server-Timing} header.  Metered requests ask the upstream only
+        for the codings the meter can read.
     @param headersSent: the client already has a status and headers (a
         loading-state stream was written): append the upstream's body only.
     @param onDone: called once with C{(status or None, failure or None)}
@@ -208,6 +219,7 @@ class RelayResource(Resource):
         writeError: Callable[[object, Exception], None],
         modelId: str = "",
         headersSent: bool = False,
+        meter=None,
     ) -> None:
         super().__init__()
         self.agent = agent
@@ -219,11 +231,14 @@ class RelayResource(Resource):
         self.writeError = writeError
         self.modelId = modelId
         self.headersSent = headersSent
+        self.meter = meter
         self._ended = False
 
     def _end(self, status: int | None, failure: Failure | None) -> None:
         if not self._ended:
             self._ended = True
+            if self.meter is not None:
+                self.meter.done(status if status is not None else 502)
             self.onDone(status, failure)
 
     def render(self, request) -> object:
@@ -245,6 +260,12 @@ class RelayResource(Resource):
             setNoDelay(True)
 
         headers = endToEnd(self.headers, REQUEST_DROP)
+        if self.meter is not None and headers.hasHeader(b"accept-encoding"):
+            readable = filterAcceptEncoding(headers.getRawHeaders(b"accept-encoding")[0])
+            if readable:
+                headers.setRawHeaders(b"accept-encoding", [readable.encode("latin-1")])
+            else:
+                headers.removeHeader(b"accept-encoding")
         peer = request.getClientAddress()
         host = getattr(peer, "host", None)
         if host:
@@ -263,6 +284,8 @@ class RelayResource(Resource):
 
         def gotResponse(response) -> Deferred[None]:
             status[0] = response.code
+            if self.meter is not None:
+                self.meter.response(response.code, response.headers)
             if gone[0]:
                 response.deliverBody(_Discard())
                 return succeed(None)
@@ -273,8 +296,11 @@ class RelayResource(Resource):
                 contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
                 if b"text/event-stream" in contentType:
                     request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
+                if self.meter is not None:
+                    request.responseHeaders.setRawHeaders(
+                        b"server-timing", [self.meter.timer.serverTimingHeader()])
             done: Deferred[None] = Deferred()
-            relay.append(_BodyRelay(request, done, lambda: gone[0]))
+            relay.append(_BodyRelay(request, done, lambda: gone[0], self.meter))
             response.deliverBody(relay[0])
             return done
 

@@ -105,6 +105,27 @@ class Lease:
             self._onRelease(self)
 
 
+class RouterObserver:
+    """
+    What the router reports as it works; this one ignores it all.
+    """
+
+    def swapDone(self, modelId: str, seconds: float) -> None:
+        """
+        C{modelId} became ready, C{seconds} after its swap began.
+        """
+
+    def inflightChanged(self, total: int) -> None:
+        """
+        C{total} requests are now in flight, over every model.
+        """
+
+    def queueDepth(self, depth: int) -> None:
+        """
+        C{depth} requests (and loads) now wait for their models.
+        """
+
+
 @attr.s(eq=False)
 class _Waiter:
     """
@@ -154,6 +175,7 @@ class RouterService(Service):
         reactor: IReactorTime,
         machineFactory: Callable[[object, Callable[[str, object], None]], Machine],
         planner: object = None,
+        observer: object = None,
     ) -> None:
         """
         @param config: the validated L{llamaswap.config.Config}.
@@ -163,9 +185,13 @@ class RouterService(Service):
             C{onExit(modelId, reason)} when its process exits on its own.
         @param planner: the L{ISwapPlanner} to use; by default
             C{ISwapPlanner(config.swap)}.
+        @param observer: told what happens, for metrics and the UI:
+            C{swapDone(modelId, seconds)}, C{inflightChanged(total)} and
+            C{queueDepth(n)}; see L{RouterObserver}.
         """
         self.config = config
         self._reactor = reactor
+        self.observer = observer if observer is not None else RouterObserver()
         self.planner = planner if planner is not None else ISwapPlanner(config.swap)
         self.machines: Dict[str, Machine] = {
             modelId: machineFactory(model, self.upstreamExited)
@@ -173,6 +199,7 @@ class RouterService(Service):
         }
         self._ids = itertools.count(1)
         self._pending: List[_Waiter] = []
+        self._lastDepth = 0
         self._inFlight: Dict[str, int] = {m: 0 for m in self.machines}
         self._admitted: Dict[str, int] = {m: 0 for m in self.machines}
         self._idleSince: Dict[str, float] = {}
@@ -397,9 +424,16 @@ class RouterService(Service):
         )
         self._step()
 
+    def _tell(self, what: str, *args: object) -> None:
+        try:
+            getattr(self.observer, what)(*args)
+        except Exception:
+            self.log.failure("router observer {what}", what=what)
+
     def _release(self, lease: Lease) -> None:
         modelId = lease.modelId
         self._inFlight[modelId] -= 1
+        self._tell("inflightChanged", sum(self._inFlight.values()))
         self._admitted[modelId] -= 1
         if self._inFlight[modelId] == 0:
             self._idleSince[modelId] = self._reactor.seconds()
@@ -551,6 +585,9 @@ class RouterService(Service):
         for target in [t for t in self._swaps if t not in wanted]:
             del self._swaps[target]
         self._setWake(plan.wakeAt)
+        if len(self._pending) != self._lastDepth:
+            self._lastDepth = len(self._pending)
+            self._tell("queueDepth", self._lastDepth)
         for waiter, lease in grants:
             waiter.deferred.callback(lease)
 
@@ -569,6 +606,7 @@ class RouterService(Service):
             self._again = True
             return waiter, None
         self._inFlight[modelId] += 1
+        self._tell("inflightChanged", sum(self._inFlight.values()))
         lease = Lease(
             modelId,
             self.config.models[modelId].proxy,

@@ -334,7 +334,7 @@ class _Core:
     healthCheckTimeout: float
     environ: Mapping[str, str] | None
     onStateChange: Callable[[str, str, str], None]
-    onOutput: Callable[[str, str, str], None]
+    onOutput: Callable[[str, str, str], None] | None
     onExit: Callable[[str, object], None]
     state: str = "stopped"
     run: _Run | None = None
@@ -733,7 +733,7 @@ class UpstreamMachine:
         healthCheckTimeout: float,
         environ: Mapping[str, str] | None = None,
         onStateChange: Callable[[str, str, str], None] = lambda model, old, new: None,
-        onOutput: Callable[[str, str, str], None] = lambda model, stream, line: None,
+        onOutput: Callable[[str, str, str], None] | None = None,
         onExit: Callable[[str, object], None] = lambda model, reason: None,
     ) -> None:
         """
@@ -751,7 +751,7 @@ class UpstreamMachine:
         @param onStateChange: called as C{(modelId, old, new)} on every
             change of L{state}, in order.
         @param onOutput: called as C{(modelId, stream, line)} for every line
-            the command writes.
+            the command writes; without one, each line is logged.
         @param onExit: called as C{(modelId, reason)} when a ready upstream
             exits without being asked to (C{reason} is the exit reason value).
         """

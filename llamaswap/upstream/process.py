@@ -62,8 +62,9 @@ class UpstreamProcessProtocol(ProcessProtocol):
     """
     The protocol of one upstream (or stop) command.
 
-    Every complete line of stdout and stderr is logged with the C{model},
-    C{stream} and C{line} keys and handed to C{onOutput(model, stream, line)};
+    Every complete line of stdout and stderr is handed to
+    C{onOutput(model, stream, line)}, or, without one, logged with the
+    C{model}, C{stream} and C{line} keys;
     the last lines of both streams, interleaved as they arrived, are kept for
     L{outputTail}.
 
@@ -205,8 +206,9 @@ class UpstreamProcessProtocol(ProcessProtocol):
     def _emit(self, stream: str, raw: bytes) -> None:
         line = raw.rstrip(b"\r").decode("utf-8", "replace")
         self._tail.append(line)
-        self.log.info("[{model}] {line}", model=self.model, stream=stream, line=line)
-        if self._onOutput is not None:
+        if self._onOutput is None:
+            self.log.info("[{model}] {line}", model=self.model, stream=stream, line=line)
+        else:
             try:
                 self._onOutput(self.model, stream, line)
             except Exception:

@@ -15,7 +15,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from llamaswap.errors import LlamaSwapError, UnknownModel, UpstreamUnreachable
+from llamaswap._version import __version__
+from llamaswap.errors import BadRequest, LlamaSwapError, UnknownModel, UpstreamUnreachable
 from llamaswap.proxy.body import ClientBody, readClientBody
 from llamaswap.proxy.filters import applyFilters
 from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
@@ -177,6 +178,9 @@ class LlamaSwapAPI:
     @param clock: schedules the loading-state stream's output.
     @param now: returns the current POSIX time (for C{created} fields).
     @param staticDir: the web UI's files (default: the bundled ones).
+    @param observatory: the L{llamaswap.observe.observatory.Observatory}
+        that meters relayed requests and serves logs, events and metrics
+        (without one, those routes answer 404).
     """
 
     app = Klein()
@@ -191,6 +195,7 @@ class LlamaSwapAPI:
         clock: IReactorTime,
         now: Callable[[], float] = time.time,
         staticDir: str | None = None,
+        observatory=None,
     ) -> None:
         self.config = config
         self.router = router
@@ -199,6 +204,7 @@ class LlamaSwapAPI:
         self.now = now
         self.uiResource = UIResource(staticDir or staticPath())
         self.peers = PeerDirectory.fromConfig(config)
+        self.observatory = observatory
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
 
     def resource(self):
@@ -255,7 +261,7 @@ class LlamaSwapAPI:
             await loading.done()
         model = self.config.models[lease.modelId]
         return self._toLocal(request, lease, upstreamPath, self._payload(request, body, model),
-                             headersSent=loading is not None)
+                             headersSent=loading is not None, metered=body)
 
     def _payload(self, request, body: ClientBody, model):
         """
@@ -270,11 +276,24 @@ class LlamaSwapAPI:
             return applyFilters(body.raw, model.filters, body.model, model.useModelName) or body.raw
         return body.raw
 
-    def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False):
+    def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False,
+                 metered: ClientBody | None = None):
+        """
+        Relay a request holding C{lease} to its model's upstream.
+
+        @param metered: the client's body, for a model route whose token
+            metrics, activity entry, capture and phases are recorded
+            (SPEC.md: POST requests only); L{None} for passthrough.
+        """
         try:
             model = self.config.models[lease.modelId]
             url = lease.baseURL.rstrip("/").encode("utf-8") + upstreamPath
             agent = self.agents.agentFor(lease.modelId, model.concurrencyLimit)
+            meter = None
+            if metered is not None and self.observatory is not None and request.method == b"POST":
+                path = request.path.decode("utf-8", "replace")
+                meter = self.observatory.meter(
+                    lease.modelId, path, path, request.requestHeaders, metered.raw, lease)
             return RelayResource(
                 agent,
                 url,
@@ -285,6 +304,7 @@ class LlamaSwapAPI:
                 writeError=lambda req, error: writeError(req, toError(error)),
                 modelId=lease.modelId,
                 headersSent=headersSent,
+                meter=meter,
             )
         except BaseException:
             lease.release()
@@ -403,6 +423,61 @@ class LlamaSwapAPI:
         if model.metadata:
             record["meta"] = {"llamaswap": model.metadata}
         return record
+
+    # -- observability ------------------------------------------------------
+
+    def _observe(self):
+        if self.observatory is None:
+            raise UnknownModel("not found")
+        return self.observatory
+
+    @app.route("/logs", methods=["GET"])
+    def logs(self, request) -> bytes:
+        accept = (request.getHeader(b"accept") or b"").lower()
+        if b"text/html" in accept:
+            request.redirect(b"/ui/")
+            return b""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return self._observe().hub.combined.history()
+
+    @app.route("/logs/stream", methods=["GET"])
+    def logStream(self, request):
+        hub = self._observe().hub
+        return self.observatory.streams.resourceFor(hub.combined)
+
+    @app.route("/logs/stream/<path:name>", methods=["GET"])
+    def logStreamOf(self, request, name: str):
+        hub = self._observe().hub
+        if name not in ("proxy", "upstream"):
+            name = self.config.resolve(name) or name
+            if name not in self.config.models:
+                raise BadRequest("invalid logger. Use 'proxy', 'upstream' or a model's ID")
+        return self.observatory.streams.resourceFor(hub.buffer(name, create=True))
+
+    @app.route("/api/events", methods=["GET"])
+    def events(self, request):
+        return self._observe().events
+
+    @app.route("/api/metrics", methods=["GET"])
+    def activity(self, request) -> bytes:
+        return _json(request, self._observe().activity.listJSON())
+
+    @app.route("/api/captures/<captureId>", methods=["GET"])
+    def capture(self, request, captureId: str) -> bytes:
+        if not captureId.isdigit():
+            raise BadRequest("invalid capture ID")
+        found = self._observe().captures.get(int(captureId))
+        if found is None:
+            raise UnknownModel("capture not found")
+        return _json(request, found)
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request):
+        return self._observe().metricsResource
+
+    @app.route("/api/version", methods=["GET"])
+    def version(self, request) -> bytes:
+        return _json(request, {"version": __version__, "commit": "", "build_date": ""})
 
     @app.route("/health", methods=["GET", "HEAD"])
     @app.route("/wol-health", methods=["GET", "HEAD"], endpoint="wolHealth")

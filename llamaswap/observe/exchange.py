@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_observe_exchange -*-
+"""
+One object per relayed request that puts the observe pieces together: the
+token metrics of the answer, its activity entry, its capture and its
+Prometheus series.
+
+    meter = ExchangeMeter(model="qwen", path="/v1/chat/completions",
+                          clock=reactor, activity=activity, captures=captures,
+                          metrics=metrics, reqHeaders=request.requestHeaders,
+                          reqBody=body, timer=timer)
+    meter.response(response.code, response.headers)   # upstream headers
+    meter.data(chunk)                                  # each chunk relayed
+    record = meter.done()                              # once, at the end
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from llamaswap.observe.captures import CaptureRecorder, CaptureStore
+from llamaswap.observe.prom import Metrics
+from llamaswap.observe.timing import PhaseTimer
+from llamaswap.observe.tokens import (
+    DEFAULT_MAX_JSON_BYTES,
+    NO_TOKENS,
+    ActivityLog,
+    ActivityRecord,
+    UsageMeter,
+)
+
+
+def _header(headers: Any, name: bytes) -> str:
+    if headers is None:
+        return ""
+    if hasattr(headers, "getRawHeaders"):
+        values = headers.getRawHeaders(name) or []
+        value = values[0] if values else b""
+    else:
+        value = b""
+        for key, found in dict(headers).items():
+            key = key.encode("latin-1") if isinstance(key, str) else key
+            if key.lower() == name:
+                value = found[0] if isinstance(found, (list, tuple)) and found else found
+                break
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value or "")
+
+
+class ExchangeMeter:
+    """
+    Observes one request on a model route (SPEC.md: POST requests only),
+    from the upstream's response headers to the end of the body.
+
+    A non-200 answer gets zero tokens and no capture; a 200 answer is
+    parsed for tokens (decompressed once, shared with the capture).  An
+    exchange that never got a response (upstream unreachable) records no
+    activity entry, as in the reference, only its Prometheus request with
+    the status given to L{done}.
+
+    @ivar status: the upstream's status, once known.
+    @ivar record: the L{ActivityRecord}, once L{done}.
+    """
+
+    log = Logger()
+
+    def __init__(self, model: str, path: str, clock: IReactorTime, activity: ActivityLog,
+                 captures: CaptureStore | None = None, metrics: Metrics | None = None,
+                 route: str | None = None, reqHeaders: Any = None,
+                 reqBody: bytes | None = None, timer: PhaseTimer | None = None,
+                 maxJSONBytes: int = DEFAULT_MAX_JSON_BYTES) -> None:
+        """
+        @param model: the real model id.
+        @param path: the request path as the client sent it (the activity
+            entry's C{req_path}; it picks the capture fields).
+        @param clock: the time source of the wall duration.
+        @param activity: where the entry goes.
+        @param captures: the capture store, if captures are on.
+        @param metrics: the Prometheus metrics, if any.
+        @param route: the route label for Prometheus (C{path} by default).
+        @param reqHeaders: the client's request headers.
+        @param reqBody: the request body as received.
+        @param timer: the request's L{PhaseTimer} (started at arrival);
+            one starting now by default.
+        @param maxJSONBytes: the cap on non-streamed bodies parsed.
+        """
+        self.model = model
+        self.path = path
+        self.route = route or path
+        self.clock = clock
+        self.activity = activity
+        self.metrics = metrics
+        self.timer = timer if timer is not None else PhaseTimer(clock)
+        self.maxJSONBytes = maxJSONBytes
+        self.status: int | None = None
+        self.contentType = ""
+        self.record: ActivityRecord | None = None
+        self._meter: UsageMeter | None = None
+        self._recorder: CaptureRecorder | None = None
+        self._done = False
+        if captures is not None and captures.enabled:
+            self._recorder = CaptureRecorder(captures, path, reqHeaders, reqBody)
+
+    def response(self, status: int, headers: Any = None) -> None:
+        """
+        The upstream answered: C{status} and its response C{headers} (a
+        L{twisted.web.http_headers.Headers} or a mapping).  Marks
+        C{firstByte} on the timer.
+        """
+        if self.status is not None or self._done:
+            return
+        self.timer.firstByte()
+        self.status = int(status)
+        self.contentType = _header(headers, b"content-type")
+        if self._recorder is not None:
+            self._recorder.response(self.status, headers)
+        if self.status == 200:
+            recorder = self._recorder
+            self._meter = UsageMeter(
+                self.path, self.contentType, _header(headers, b"content-encoding"),
+                maxJSONBytes=self.maxJSONBytes,
+                onDecoded=recorder.data if recorder is not None and recorder.active else None)
+
+    def data(self, chunk: bytes) -> None:
+        """
+        One chunk of the response body, as written to the client.
+        """
+        if self._meter is not None and not self._done:
+            try:
+                self._meter.feed(chunk)
+            except Exception:
+                self._meter = None
+                self.log.failure("token metrics of {path} failed", path=self.path)
+
+    def done(self, status: int | None = None) -> ActivityRecord | None:
+        """
+        The exchange is over (body ended, upstream failed mid-way, or
+        client gone).  Idempotent.
+
+        @param status: the status the client got when the upstream never
+            answered (a 502, say); used for Prometheus only.
+        @return: the new L{ActivityRecord}, or L{None} when the upstream
+            never answered.
+        """
+        if self._done:
+            return self.record
+        self._done = True
+        self.timer.end()
+        phases = self.timer.phases()
+        wallMs = phases["total"] * 1000.0
+        if self.metrics is not None:
+            shown = self.status if self.status is not None else (status or "error")
+            self.metrics.requestDone(self.model, self.route, shown, phases["total"])
+            self.metrics.phases(self.model, phases)
+        if self.status is None:
+            return None
+        tokens = None
+        if self._meter is not None:
+            try:
+                tokens = self._meter.finish()
+            except Exception:
+                self.log.failure("token metrics of {path} failed", path=self.path)
+        if tokens is None:
+            tokens = NO_TOKENS
+        if self.metrics is not None:
+            self.metrics.tokens(self.model, tokens.inputTokens, tokens.outputTokens)
+        recorder = self._recorder
+        self.record = self.activity.add(
+            self.model, self.path, self.contentType, self.status, tokens=tokens,
+            durationMs=tokens.durationMs(wallMs), phases=phases,
+            capture=recorder.commit if recorder is not None else None)
+        return self.record

@@ -1,0 +1,126 @@
+"""
+What a running llamaswap shows about itself: token metrics, captures,
+Server-Timing, Prometheus, logs and their streams, UI events; with real demo
+processes over real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.integration.support import InProcessDaemon, demoModels, eventually
+
+
+def run(test):
+    def wrapper(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(test(self))
+
+    wrapper.__name__ = test.__name__
+    return wrapper
+
+
+class Collect(Protocol):
+    """
+    Keeps every chunk of a streamed body as it arrives.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+class ObserveTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.daemon = InProcessDaemon(
+            self, "captureBuffer: 5\n" + demoModels(["obs"], "--tokens 7"))
+
+    async def stream(self, path: str) -> Collect:
+        """
+        Open a streamed GET and keep reading it in the background.
+        """
+        response = await self.daemon.http.get(self.daemon.base + path, unbuffered=True)
+        collect = Collect()
+        response.deliverBody(collect)  # ended by the daemon's shutdown in cleanup
+        return collect
+
+    @run
+    async def test_tokenMetricsOfAStreamedAnswer(self) -> None:
+        response, body = await self.daemon.chat(
+            "obs", stream=True, stream_options={"include_usage": True})
+        usage = [json.loads(e[6:])["usage"] for e in body.decode().split("\n\n")
+                 if e.startswith("data: {") and json.loads(e[6:]).get("usage")][-1]
+        [entry] = await self.daemon.getJSON("/api/metrics")
+        self.assertEqual(entry["model"], "obs")
+        self.assertEqual(entry["resp_status_code"], 200)
+        self.assertEqual(entry["tokens"]["input_tokens"], usage["prompt_tokens"])
+        self.assertEqual(entry["tokens"]["output_tokens"], usage["completion_tokens"])
+        self.assertTrue(entry["has_capture"])
+        capture = await self.daemon.getJSON(f"/api/captures/{entry['id']}")
+        self.assertEqual(capture["req_path"], "/v1/chat/completions")
+
+    @run
+    async def test_serverTimingPhasesAddUp(self) -> None:
+        response, _ = await self.daemon.chat("obs")
+        [header] = response.headers.getRawHeaders(b"server-timing")
+        phases = {}
+        for part in header.decode().split(","):
+            name, _, value = part.strip().partition(";dur=")
+            phases[name] = float(value)
+        self.assertEqual(set(phases), {"queue", "stop", "load", "ttfb", "total"})
+        self.assertGreater(phases["load"], 0)
+        parts = phases["queue"] + phases["stop"] + phases["load"] + phases["ttfb"]
+        self.assertLessEqual(parts, phases["total"] + 0.3)  # rounding to 0.1 ms each
+
+    @run
+    async def test_prometheusSeries(self) -> None:
+        await self.daemon.chat("obs")
+        response = await self.daemon.http.get(self.daemon.base + "/metrics")
+        text = (await response.content()).decode()
+        names = {family.name for family in text_string_to_metric_families(text)}
+        for name in ("llamaswap_requests", "llamaswap_request_duration_seconds",
+                     "llamaswap_swaps", "llamaswap_model_state", "llamaswap_tokens",
+                     "llamaswap_queue_depth", "llamaswap_phase_seconds"):
+            self.assertIn(name, names)
+
+    @run
+    async def test_modelLogStreamShowsNewLinesAtOnce(self) -> None:
+        await self.daemon.chat("obs")
+        collect = await self.stream("/logs/stream/obs?no-history")
+        await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(collect.data, b"")
+        await self.daemon.chat("obs")
+        await eventually(lambda: b"POST /v1/chat/completions" in collect.data, timeout=5)
+
+    @run
+    async def test_proxyLogHasAccessLines(self) -> None:
+        await self.daemon.chat("obs")
+        response = await self.daemon.http.get(self.daemon.base + "/logs")
+        text = (await response.content()).decode()
+        self.assertIn('"POST /v1/chat/completions HTTP/1.1" 200', text)
+
+    @run
+    async def test_unknownLoggerIs400(self) -> None:
+        response = await self.daemon.http.get(self.daemon.base + "/logs/stream/nope")
+        self.assertEqual(response.code, 400)
+        self.assertIn(b"invalid logger", await response.content())
+
+    @run
+    async def test_eventsStartWithTheInitialBurst(self) -> None:
+        collect = await self.stream("/api/events")
+        await eventually(lambda: collect.data.count(b"\n\n") >= 5, timeout=5)
+        types = [json.loads(frame.split(b"data:", 1)[1])["type"]
+                 for frame in collect.data.split(b"\n\n") if frame.strip()]
+        self.assertEqual(types[:5], ["logData", "logData", "modelStatus", "metrics", "inflight"])
+        await self.daemon.chat("obs")
+        await eventually(lambda: b'modelStatus' in collect.data.split(b"\n\n", 5)[-1], timeout=5)
