@@ -14,17 +14,15 @@ C{inflight}.  There is no C{id:}, no C{retry:} and no heartbeat.
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any, Callable, Iterable
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from llamaswap.interfaces import IEventSink
+from llamaswap.observe.streaming import StreamClient
 
 #: Messages a client may have waiting before more are dropped (SPEC.md 3.9).
 CLIENT_BUFFER = 1024
@@ -120,101 +118,45 @@ class EventBus:
             pass
 
 
-@implementer(IPushProducer)
-class _EventClient:
+class _EventClient(StreamClient):
     """
     One C{/api/events} client: writes frames at once while its transport
     accepts them, queues up to C{limit} frames while it is paused, and
     drops (and counts) what does not fit.
     """
 
-    log = Logger()
+    headers = (
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache"),
+        (b"connection", b"keep-alive"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-accel-buffering", b"no"),
+    )
 
     def __init__(self, owner: EventsResource, request, limit: int) -> None:
+        super().__init__(request, owner._clients.discard)
         self.owner = owner
-        self.request = request
         self.limit = limit
-        self.paused = False
-        self.queue: deque[bytes] = deque()
         self.dropped = 0
-        self.ended = False
-        self.disconnected = False
-        self._unsubscribe: Callable[[], None] | None = None
-        self._registered = False
 
     def start(self, initial: Iterable[tuple[str, Any]]) -> None:
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream")
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"connection", b"keep-alive")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"x-accel-buffering", b"no")
-        request.notifyFinish().addBoth(self._finished)
-        request.registerProducer(self, True)
-        self._registered = True
         burst = []
         for type, data in initial:
             try:
                 burst.append(sseFrame(type, data))
             except Exception:
                 self.log.failure("could not encode the initial {type} event", type=type)
-        request.write(b"".join(burst))
-        self._unsubscribe = self.owner.bus.subscribe(self.send)
+        self.begin(b"".join(burst), self.owner.bus.subscribe)
 
     def send(self, frame: bytes) -> None:
-        if self.ended:
-            return
-        if not self.paused:
-            self.request.write(frame)
-            return
+        self.deliver(frame)
+
+    def enqueue(self, frame: bytes) -> None:
         if len(self.queue) < self.limit:
             self.queue.append(frame)
             return
         self.dropped += 1
         self.owner.bus.dropped += 1
-
-    # -- IPushProducer ---------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while self.queue and not self.paused and not self.ended:
-            self.request.write(self.queue.popleft())
-
-    def stopProducing(self) -> None:
-        self._release()
-
-    # -- endings ---------------------------------------------------------------
-
-    def close(self) -> None:
-        if self.ended:
-            return
-        self._release()
-        if not self.disconnected:
-            try:
-                if self._registered:
-                    self.request.unregisterProducer()
-                self.request.finish()
-            except Exception:
-                self.log.failure("could not finish an event stream")
-
-    def _finished(self, result: object) -> None:
-        if isinstance(result, Failure):
-            self.disconnected = True
-        self._release()
-
-    def _release(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self.queue.clear()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.owner._clients.discard(self)
 
 
 class EventsResource(Resource):

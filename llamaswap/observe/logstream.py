@@ -7,18 +7,14 @@ section 3.8).
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Callable
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
 from llamaswap.observe.logs import LogBuffer
+from llamaswap.observe.streaming import StreamClient
 
 #: Bytes a paused client may have queued before lines are dropped.
 DEFAULT_MAX_QUEUED = 256 * 1024
@@ -52,57 +48,37 @@ def droppedMarker(count: int) -> bytes:
     return b"[... %d lines dropped ...]\n" % (count,)
 
 
-@implementer(IPushProducer)
-class _LogStream:
+class _LogStream(StreamClient):
     """
-    One client of a L{LogStreamResource}: a push producer registered with
-    the request, so that the transport tells it when the client falls
-    behind.
+    One client of a L{LogStreamResource}.
     """
 
-    log = Logger()
+    headers = (
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-accel-buffering", b"no"),
+        (b"cache-control", b"no-cache"),
+    )
 
     def __init__(self, owner: LogStreamResource, request, buffer: LogBuffer,
                  clock: IReactorTime, maxQueued: int, stallTimeout: float) -> None:
+        super().__init__(request, owner._streams.discard)
         self.owner = owner
-        self.request = request
         self.buffer = buffer
         self.clock = clock
         self.maxQueued = maxQueued
         self.stallTimeout = stallTimeout
-        self.paused = False
-        self.queue: deque[bytes] = deque()
         self.queuedBytes = 0
         self.dropped = 0
-        self.ended = False
-        self.disconnected = False
-        self._unsubscribe: Callable[[], None] | None = None
         self._stall: IDelayedCall | None = None
-        self._registered = False
 
     def start(self, history: bool) -> None:
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"x-accel-buffering", b"no")
-        request.setHeader(b"cache-control", b"no-cache")
-        request.notifyFinish().addBoth(self._finished)
-        request.registerProducer(self, True)
-        self._registered = True
-        # Even with nothing to send, write: the headers go out now, and the
-        # client does not wait for the first new line to see the stream.
-        request.write(self.buffer.history() if history else b"")
-        self._unsubscribe = self.buffer.subscribe(self.written)
-
-    # -- the buffer's subscriber ---------------------------------------------
+        self.begin(self.buffer.history() if history else b"", self.buffer.subscribe)
 
     def written(self, data: bytes) -> None:
-        if self.ended:
-            return
-        if not self.paused:
-            self.request.write(data)
-            return
+        self.deliver(data)
+
+    def enqueue(self, data: bytes) -> None:
         if self.dropped == 0 and self.queuedBytes + len(data) <= self.maxQueued:
             self.queue.append(data)
             self.queuedBytes += len(data)
@@ -113,57 +89,26 @@ class _LogStream:
         if self._stall is None:
             self._stall = self.clock.callLater(self.stallTimeout, self._stalled)
 
-    # -- IPushProducer ---------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
+    def dequeued(self, data: bytes) -> None:
+        self.queuedBytes -= len(data)
 
     def resumeProducing(self) -> None:
-        if self.ended:
-            return
-        self.paused = False
         self._cancelStall()
-        # A write may pause us again (the transport's buffer filled up):
-        # keep the rest queued then.
-        while self.queue and not self.paused and not self.ended:
-            data = self.queue.popleft()
-            self.queuedBytes -= len(data)
-            self.request.write(data)
-        if self.dropped and not self.paused and not self.ended:
+        super().resumeProducing()
+
+    def afterFlush(self) -> None:
+        if self.dropped:
             marker, self.dropped = droppedMarker(self.dropped), 0
             self.request.write(marker)
 
-    def stopProducing(self) -> None:
-        self._release()
-
-    # -- endings ---------------------------------------------------------------
-
-    def close(self) -> None:
-        """
-        End the response (server shutdown).
-        """
-        if self.ended:
-            return
-        self._release()
-        if not self.disconnected:
-            try:
-                if self._registered:
-                    self.request.unregisterProducer()
-                self.request.finish()
-            except Exception:
-                self.log.failure("could not finish a log stream")
-
-    def _finished(self, result: object) -> None:
-        # notifyFinish fires with None once finished, with a Failure when
-        # the client went away first.
-        if isinstance(result, Failure):
-            self.disconnected = True
-        self._release()
+    def released(self) -> None:
+        self._cancelStall()
+        self.queuedBytes = 0
 
     def _stalled(self) -> None:
         self._stall = None
         # Release first: the log line below may be written to this very log.
-        self._release()
+        self.release()
         self.disconnected = True
         self.log.info("dropping a log stream client that stopped reading")
         transport = getattr(self.request, "transport", None)
@@ -176,18 +121,6 @@ class _LogStream:
             if self._stall.active():
                 self._stall.cancel()
             self._stall = None
-
-    def _release(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self._cancelStall()
-        self.queue.clear()
-        self.queuedBytes = 0
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.owner._streams.discard(self)
 
 
 class LogStreamResource(Resource):
