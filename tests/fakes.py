@@ -274,3 +274,4 @@ class StubModelConfig:
     checkEndpoint: str | None = "/health"
     env: tuple[tuple[str, str], ...] = ()
     unloadTimeout: int = 10
+    port: int | None = None

@@ -51,11 +51,13 @@ class MachineTestCase(SynchronousTestCase):
         self,
         healthCheckTimeout: float = 15,
         environ: dict[str, str] | None = BASE_ENV,
+        portInUse: Any = lambda url: False,
         **modelFields: Any,
     ) -> UpstreamMachine:
         model = StubModelConfig(**modelFields)
         return UpstreamMachine(
             model,
+            portInUse=portInUse,
             reactor=self.clock,
             launcher=self.launcher,
             probe=self.probe,
@@ -958,3 +960,29 @@ class GoDurationTests(SynchronousTestCase):
             -15: "-15s",
         }
         self.assertEqual({k: goDuration(k) for k in cases}, cases)
+
+
+class PortInUseTests(MachineTestCase):
+    """
+    A model whose C{${PORT}} already has a listener fails to start, without
+    spawning anything: the probe would otherwise take the squatter for it.
+    """
+
+    def test_takenPortFailsTheStart(self) -> None:
+        checked: list[str] = []
+
+        def taken(url: str) -> bool:
+            checked.append(url)
+            return True
+
+        machine = self.machine(port=5800, portInUse=taken)
+        message = self.startError(machine.start())
+        self.assertIn("port 5800 is already in use", message)
+        self.assertEqual(checked, ["http://localhost:5800"])
+        self.assertEqual(self.launcher.spawned, [])
+        self.assertEqual(machine.state, "failed")
+
+    def test_fixedPortsAreNotChecked(self) -> None:
+        machine = self.machine(checkEndpoint=None, portInUse=lambda url: self.fail("checked"))
+        machine.start()
+        self.assertEqual(len(self.launcher.spawned), 1)

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from llamaswap.upstream.process import UpstreamProcessProtocol
+from llamaswap.upstream.ports import portInUse
 
 if TYPE_CHECKING:  # pragma: no cover
     from llamaswap.config import ModelConfig
@@ -336,6 +337,7 @@ class _Core:
     onStateChange: Callable[[str, str, str], None]
     onOutput: Callable[[str, str, str], None] | None
     onExit: Callable[[str, object], None]
+    portInUse: Callable[[str], bool]
     state: str = "stopped"
     run: _Run | None = None
     lastProtocol: UpstreamProcessProtocol | None = None
@@ -410,6 +412,13 @@ class _Core:
             return run
         if not model.proxy:
             upstream._spawnFailed("upstream proxy missing")
+            return run
+        port = getattr(model, "port", None)
+        if port is not None and self.portInUse(model.proxy):
+            upstream._spawnFailed(
+                "port {} is already in use by another process (is another llamaswap or "
+                "llama-swap running with the same startPort?)".format(port)
+            )
             return run
         try:
             transport = self.launcher.spawn(model.id, argv, self.environment(), protocol)
@@ -735,11 +744,12 @@ class UpstreamMachine:
         onStateChange: Callable[[str, str, str], None] = lambda model, old, new: None,
         onOutput: Callable[[str, str, str], None] | None = None,
         onExit: Callable[[str, object], None] = lambda model, reason: None,
+        portInUse: Callable[[str], bool] = portInUse,
     ) -> None:
         """
         @param model: the model's configuration (C{id}, C{argv}, C{cmd},
             C{cmdStopArgv}, C{proxy}, C{checkEndpoint}, C{env},
-            C{unloadTimeout} are used).
+            C{unloadTimeout}, and C{port} when there is one, are used).
         @param reactor: provides C{IReactorTime} (the machine's clock); the
             launcher and probe do the I/O.
         @param launcher: spawns and signals process groups (an L{ILauncher}
@@ -754,6 +764,10 @@ class UpstreamMachine:
             the command writes; without one, each line is logged.
         @param onExit: called as C{(modelId, reason)} when a ready upstream
             exits without being asked to (C{reason} is the exit reason value).
+        @param portInUse: tells whether a C{proxy} URL's port already has a
+            listener; checked before spawning a model whose port llamaswap
+            allocated (C{${PORT}}), so that a squatter is an error rather
+            than a server the readiness probe mistakes for ours.
         """
         self.modelId: str = model.id
         self._core = _Core(
@@ -766,6 +780,7 @@ class UpstreamMachine:
             onStateChange=onStateChange,
             onOutput=onOutput,
             onExit=onExit,
+            portInUse=portInUse,
         )
         self._upstream = _makeUpstream(self._core)
 
