@@ -171,3 +171,56 @@ class EndToEndTests(SynchronousTestCase):
     def test_repeatedValuesAreKept(self):
         h = Headers({b"set-cookie": [b"a=1", b"b=2"]})
         self.assertEqual(endToEnd(h).getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
+
+
+class StaleConnectionTests(SynchronousTestCase):
+    """
+    A pooled connection the upstream closed as it was reused fails before
+    any answer: the relay retries once, on a fresh connection.
+    """
+
+    def relayThrough(self, agent, body=b"{}"):
+        request = PushRequest([b"v1"])
+        ended = []
+        RelayResource(
+            agent, b"http://127.0.0.1:5800/v1/chat/completions", b"POST", Headers(), body,
+            onDone=lambda s, f: ended.append((s, f)),
+            writeError=lambda req, error: writeError(req, toError(error)),
+        ).render(request)
+        return request, ended
+
+    def test_responseNeverReceivedIsRetriedOnce(self):
+        from twisted.web._newclient import ResponseNeverReceived
+
+        upstream = StreamingUpstream()
+        real = RequestTraversalAgent(upstream)
+        calls = []
+
+        class FlakyOnce:
+            def request(self, *args):
+                calls.append(args)
+                if len(calls) == 1:
+                    return fail(ResponseNeverReceived([Failure(ConnectionDone())]))
+                return real.request(*args)
+
+        request, ended = self.relayThrough(FlakyOnce())
+        real.flush()
+        [up] = upstream.requests
+        up.write(b"data: ok\n\n")
+        up.finish()
+        real.flush()
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(b"".join(request.written), b"data: ok\n\n")
+        self.assertEqual(ended, [(200, None)])
+
+    def test_otherFailuresAreNotRetried(self):
+        calls = []
+
+        class Refusing:
+            def request(self, *args):
+                calls.append(args)
+                return fail(ConnectionRefusedError("refused"))
+
+        request, ended = self.relayThrough(Refusing())
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(request.responseCode, 502)

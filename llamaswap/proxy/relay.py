@@ -16,7 +16,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestNotSent,
+    ResponseDone,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -279,6 +285,19 @@ class RelayResource(Resource):
         else:
             producer = None
         d = self.agent.request(self.method, self.url, headers, producer)
+        if producer is None or isinstance(producer, BytesProducer):
+            # A pooled keep-alive connection the upstream closed just as it
+            # was reused fails before any answer; Agent retries only
+            # idempotent methods, so retry once here: nothing reached the
+            # client yet, and an in-memory body can be sent again.
+            def retryStale(f: Failure):
+                if not f.check(ResponseNeverReceived, RequestNotSent) or gone[0]:
+                    return f
+                self.log.info("[{model}] retrying on a fresh connection: {why}",
+                              model=self.modelId, why=f.getErrorMessage())
+                return self.agent.request(self.method, self.url, headers, producer)
+
+            d.addErrback(retryStale)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         status: list[int | None] = [None]
 
