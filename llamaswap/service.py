@@ -106,13 +106,17 @@ class _Housekeeping(Service):
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
 
-def makeRootService(config, reactor, listen: str, launcher: Launcher | None = None) -> MultiService:
+def makeRootService(
+    config, reactor, listen: str, launcher: Launcher | None = None, daemon: bool = False
+) -> MultiService:
     """
     @param config: a validated L{llamaswap.config.Config}.
     @param reactor: the reactor everything runs on.
     @param listen: a Twisted server endpoint description.
     @param launcher: spawns upstream processes (a real L{Launcher} unless
         given).
+    @param daemon: this is the process's own llamaswap (run by twistd):
+        C{logLevel} and C{logToStdout} then also shape twistd's log.
 
     @return: the root L{MultiService}: housekeeping, the observatory (logs,
         events, metrics), the router (which owns every upstream process)
@@ -125,7 +129,7 @@ def makeRootService(config, reactor, listen: str, launcher: Launcher | None = No
     probe = HealthProbe(reactor)
     agents = UpstreamAgents(reactor)
     _Housekeeping(launcher, agents, probe).setServiceParent(root)
-    observatory = Observatory(config, reactor)
+    observatory = Observatory(config, reactor, shapeOwnLog=daemon)
     observatory.setServiceParent(root)
 
     def stateChanged(modelId: str, old: str, new: str) -> None:

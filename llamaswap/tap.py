@@ -143,4 +143,4 @@ def makeService(options: Options):
         path=options["configPath"],
         endpoint=options["endpoint"],
     )
-    return makeRootService(config, reactor, options["endpoint"])
+    return makeRootService(config, reactor, options["endpoint"], daemon=True)

@@ -1,7 +1,8 @@
 """
 Tests for L{llamaswap.observe.gpu}: the NVML probe (with a fake C{pynvml},
 without the library, and with the real library on a machine without a
-driver) and the polling monitor.
+driver).  The monitor that polls it is tested in
+L{tests.test_observe_performance}.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from llamaswap.interfaces import IGpuProbe
-from llamaswap.observe.gpu import SAMPLE_KEYS, GpuMonitor, NvmlProbe
+from llamaswap.observe.gpu import SAMPLE_KEYS, NvmlProbe
 
 
 class FakeNVMLError(Exception):
@@ -25,17 +25,23 @@ class FakeNvml:
     """
     The parts of the C{pynvml} module that L{NvmlProbe} uses, over a list
     of fake GPUs.  Names come back as bytes (older bindings) for GPU 0 and
-    text for the others.
+    text for the others.  GPU 0 reports its memory temperature, GPU 1 does
+    not (C{NVML_ERROR_NOT_SUPPORTED} for the field).
     """
 
     NVML_TEMPERATURE_GPU = 0
+    NVML_FI_DEV_MEMORY_TEMP = 82
+    NVML_VALUE_TYPE_DOUBLE = 0
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1
 
     def __init__(self, gpus=None, initError=None):
         self.gpus = gpus if gpus is not None else [
             {"name": b"NVIDIA H100", "uuid": "GPU-aaaa", "gpu": 87, "memory": 40,
-             "used": 30 * 2**30, "total": 80 * 2**30, "temp": 61, "power": 312500, "fan": 35},
+             "used": 30 * 2**30, "total": 80 * 2**30, "temp": 61, "power": 312500, "fan": 35,
+             "vram": 72},
             {"name": "NVIDIA L4", "uuid": "GPU-bbbb", "gpu": 0, "memory": 0,
-             "used": 2**20, "total": 24 * 2**30, "temp": 30, "power": None, "fan": None},
+             "used": 2**20, "total": 24 * 2**30, "temp": 30, "power": None, "fan": None,
+             "vram": None},
         ]
         self.initError = initError
         self.calls: list[str] = []
@@ -81,6 +87,24 @@ class FakeNvml:
             raise FakeNVMLError("Not Supported")
         return handle["fan"]
 
+    def nvmlDeviceGetFieldValues(self, handle, fieldIds):
+        assert fieldIds == [self.NVML_FI_DEV_MEMORY_TEMP]
+        vram = handle["vram"]
+        if isinstance(vram, float):
+            return [SimpleNamespace(nvmlReturn=0, valueType=self.NVML_VALUE_TYPE_DOUBLE,
+                                    value=SimpleNamespace(dVal=vram))]
+        return [SimpleNamespace(nvmlReturn=3 if vram is None else 0,
+                                valueType=self.NVML_VALUE_TYPE_UNSIGNED_INT,
+                                value=SimpleNamespace(uiVal=vram or 0))]
+
+
+class OldNvml(FakeNvml):
+    """
+    A binding without field values.
+    """
+
+    nvmlDeviceGetFieldValues = None
+
 
 class ProbeTests(SynchronousTestCase):
     def test_sample(self):
@@ -94,16 +118,31 @@ class ProbeTests(SynchronousTestCase):
         self.assertEqual(first, {
             "id": 0, "name": "NVIDIA H100", "uuid": "GPU-aaaa", "utilization": 87.0,
             "memoryUtilization": 40.0, "memoryUsed": 30 * 2**30, "memoryTotal": 80 * 2**30,
-            "temperature": 61.0, "fanSpeed": 35.0, "powerDraw": 312.5})
+            "temperature": 61.0, "vramTemperature": 72.0, "fanSpeed": 35.0, "powerDraw": 312.5})
         # What a GPU does not support is None, not an error.
-        self.assertEqual((second["id"], second["name"], second["powerDraw"], second["fanSpeed"]),
-                         (1, "NVIDIA L4", None, None))
+        self.assertEqual((second["id"], second["name"], second["powerDraw"], second["fanSpeed"],
+                          second["vramTemperature"]),
+                         (1, "NVIDIA L4", None, None, None))
         probe.sample()
         self.assertEqual(nvml.calls, ["init"])
         probe.shutdown()
         self.assertEqual(nvml.calls, ["init", "shutdown"])
         probe.shutdown()
         self.assertEqual(nvml.calls, ["init", "shutdown"])
+
+    def test_vramTemperature(self):
+        """
+        The memory temperature comes from NVML's field values, of whatever
+        value type; 0, an error for the field, or a binding without field
+        values give L{None}.
+        """
+        nvml = FakeNvml()
+        nvml.gpus[0]["vram"] = 70.5
+        nvml.gpus[1]["vram"] = 0
+        first, second = NvmlProbe(nvml).sample()
+        self.assertEqual((first["vramTemperature"], second["vramTemperature"]), (70.5, None))
+        first, second = NvmlProbe(OldNvml()).sample()
+        self.assertEqual((first["vramTemperature"], first["temperature"]), (None, 61.0))
 
     def test_libraryAbsent(self):
         def noModule(name):
@@ -201,74 +240,3 @@ class FlakyProbe:
 
     def shutdown(self):
         self.shutdowns += 1
-
-
-class MonitorTests(SynchronousTestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.threads = FakeThreads()
-
-    def test_pollsThroughInjectedThread(self):
-        nvml = FakeNvml()
-        probe = NvmlProbe(nvml)
-        monitor = GpuMonitor(probe, self.clock, interval=5.0, deferToThread=self.threads)
-        monitor.start()
-        self.assertEqual(self.threads.calls, [probe.sample])
-        self.assertEqual([g["uuid"] for g in monitor.latest], ["GPU-aaaa", "GPU-bbbb"])
-        self.assertEqual(monitor.latestAt, 0)
-        nvml.gpus[0]["temp"] = 70
-        self.clock.advance(5)
-        self.assertEqual(monitor.latest[0]["temperature"], 70.0)
-        self.assertEqual(len(monitor.samplesSince()), 2)
-        self.assertEqual([t for t, _ in monitor.samplesSince(0)], [5])
-        self.successResultOf(monitor.stop())
-        self.assertEqual(self.threads.calls[-1], probe.shutdown)
-        self.assertEqual(nvml.calls, ["init", "shutdown"])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_errorsDoNotStopTheMonitor(self):
-        gpu = [{"id": 0, "name": "g", "uuid": "u", "utilization": 1.0}]
-        probe = FlakyProbe([RuntimeError("nvml hiccup"), gpu, RuntimeError("again"), gpu])
-        monitor = GpuMonitor(probe, self.clock, interval=5.0, deferToThread=self.threads)
-        monitor.startService()
-        self.assertEqual(monitor.latest, [])
-        for _ in range(3):
-            self.clock.advance(5)
-        self.assertEqual(probe.calls, 4)
-        self.assertEqual((monitor.polls, monitor.failures), (4, 2))
-        self.assertEqual(monitor.latest, gpu)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
-        self.successResultOf(monitor.stopService())
-        self.assertEqual(probe.shutdowns, 1)
-
-    def test_unavailableProbeStopsPolling(self):
-        probe = NvmlProbe(FakeNvml(initError=FakeNVMLError("no driver")))
-        monitor = GpuMonitor(probe, self.clock, deferToThread=self.threads)
-        monitor.start()
-        self.assertFalse(monitor.available)
-        self.assertEqual(monitor.latest, [])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.successResultOf(monitor.stop())
-
-    def test_stopWaitsForSampleInProgress(self):
-        threads = FakeThreads(immediate=False)
-        probe = FlakyProbe([[{"id": 0}]])
-        monitor = GpuMonitor(probe, self.clock, deferToThread=threads)
-        monitor.start()
-        stopped = monitor.stop()
-        self.assertNoResult(stopped)
-        threads.runPending()           # the sample ends...
-        self.assertNoResult(stopped)
-        threads.runPending()           # ...then the probe's shutdown
-        self.successResultOf(stopped)
-        self.assertEqual(probe.shutdowns, 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_sampleThatCannotStart(self):
-        def broken(f):
-            raise RuntimeError("no thread pool")
-
-        monitor = GpuMonitor(FlakyProbe([]), self.clock, deferToThread=broken)
-        self.successResultOf(monitor.poll())
-        self.assertEqual(monitor.failures, 1)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

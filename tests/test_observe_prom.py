@@ -11,13 +11,38 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from llamaswap.observe.gpu import GpuMonitor, NvmlProbe
+from llamaswap.observe.gpu import NvmlProbe
+from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import MODEL_STATES, Metrics, MetricsResource
+from llamaswap.observe.system import SystemProbe
 from tests.test_observe_gpu import FakeNvml, FakeThreads
+from tests.test_observe_system import FakeProc
 
-GPU_SERIES = ("llamaswap_gpu_utilization_percent", "llamaswap_gpu_memory_used_bytes",
-              "llamaswap_gpu_memory_total_bytes", "llamaswap_gpu_temperature_celsius",
-              "llamaswap_gpu_power_watts")
+MIB = 1048576
+
+#: SPEC.md section 6.4: sample name -> label names.
+SYSTEM_SERIES = {
+    "llamaswap_cpu_util_percent": {"core"},
+    "llamaswap_memory_total_bytes": set(),
+    "llamaswap_memory_used_bytes": set(),
+    "llamaswap_memory_free_bytes": set(),
+    "llamaswap_swap_total_bytes": set(),
+    "llamaswap_swap_used_bytes": set(),
+    "llamaswap_load_average": {"interval"},
+    "llamaswap_network_bytes_total": {"interface", "direction"},
+}
+GPU_SERIES = ("llamaswap_gpu_temperature_celsius", "llamaswap_gpu_vram_temperature_celsius",
+              "llamaswap_gpu_util_percent", "llamaswap_gpu_memory_util_percent",
+              "llamaswap_gpu_memory_used_bytes", "llamaswap_gpu_memory_total_bytes",
+              "llamaswap_gpu_fan_speed_percent", "llamaswap_gpu_power_draw_watts")
+
+
+def families(metrics: Metrics) -> dict[str, str]:
+    """
+    @return: family name -> type, as parsed from the exposition.
+    """
+    text = metrics.render().decode("utf-8")
+    return {f.name: f.type for f in text_string_to_metric_families(text)}
 
 
 def samples(metrics: Metrics) -> dict[str, list]:
@@ -33,8 +58,8 @@ def samples(metrics: Metrics) -> dict[str, list]:
 
 
 def value(found, sampleName, **labels):
-    matches = [v for l, v in found[sampleName]
-               if all(l.get(k) == w for k, w in labels.items())]
+    matches = [v for sampleLabels, v in found[sampleName]
+               if all(sampleLabels.get(k) == w for k, w in labels.items())]
     assert len(matches) == 1, (sampleName, labels, found.get(sampleName))
     return matches[0]
 
@@ -69,8 +94,9 @@ class MetricsTests(SynchronousTestCase):
         for phase in ("queue", "stop", "load", "ttfb"):
             self.assertEqual(value(found, "llamaswap_phase_seconds_count", model="qwen",
                                    phase=phase), 1)
-        self.assertNotIn("total", {l["phase"] for l, _ in found["llamaswap_phase_seconds_count"]})
-        for name in GPU_SERIES:
+        self.assertNotIn("total", {labels["phase"]
+                                   for labels, _ in found["llamaswap_phase_seconds_count"]})
+        for name in GPU_SERIES + tuple(SYSTEM_SERIES):
             self.assertNotIn(name, found)
 
     def test_modelState(self):
@@ -84,8 +110,8 @@ class MetricsTests(SynchronousTestCase):
         metrics.stateChanged("a", "stopping")
         found = samples(metrics)
         for model, current in (("a", "stopping"), ("b", "stopped")):
-            states = {l["state"]: v for l, v in found["llamaswap_model_state"]
-                      if l["model"] == model}
+            states = {labels["state"]: v for labels, v in found["llamaswap_model_state"]
+                      if labels["model"] == model}
             self.assertEqual(set(states), set(MODEL_STATES))
             self.assertEqual({s for s, v in states.items() if v == 1}, {current})
 
@@ -97,39 +123,152 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(value(samples(second), "llamaswap_queue_depth"), 2)
         self.assertIsNone(REGISTRY.get_sample_value("llamaswap_queue_depth"))
 
-    def test_gpuGaugesWithFakeProbe(self):
-        clock = Clock()
-        monitor = GpuMonitor(NvmlProbe(FakeNvml()), clock, deferToThread=FakeThreads())
-        metrics = Metrics(monitor)
-        self.assertNotIn("llamaswap_gpu_temperature_celsius", samples(metrics))
-        monitor.start()
-        found = samples(metrics)
-        for name in GPU_SERIES:
-            self.assertIn(name, found)
-        self.assertEqual(value(found, "llamaswap_gpu_utilization_percent", gpu="0",
-                               name="NVIDIA H100", uuid="GPU-aaaa"), 87)
-        self.assertEqual(value(found, "llamaswap_gpu_memory_total_bytes", gpu="1"), 24 * 2**30)
-        self.assertEqual(value(found, "llamaswap_gpu_power_watts", gpu="0"), 312.5)
-        # GPU 1 reports no power draw: no sample for it.
-        self.assertEqual([l["gpu"] for l, _ in found["llamaswap_gpu_power_watts"]], ["0"])
-        self.successResultOf(monitor.stop())
-
-    def test_gpuGaugesAbsentWithoutGpu(self):
-        clock = Clock()
-        monitor = GpuMonitor(NvmlProbe(FakeNvml(gpus=[])), clock, deferToThread=FakeThreads())
-        metrics = Metrics()
-        metrics.attachGpu(monitor)
-        monitor.start()
-        found = samples(metrics)
-        for name in GPU_SERIES:
-            self.assertNotIn(name, found)
-        self.successResultOf(monitor.stop())
-
     def test_labelEscaping(self):
         metrics = Metrics()
         metrics.requestDone('we"ird\\model\n', "/r", 200, 0.1)
         found = samples(metrics)
         self.assertEqual(value(found, "llamaswap_requests_total", model='we"ird\\model\n'), 1)
+
+
+class PerformanceSeriesTests(SynchronousTestCase):
+    """
+    The system and GPU series of SPEC.md section 6.4, from a monitor over a
+    fake C{/proc} and a fake NVML.
+    """
+
+    def monitor(self, system=None, gpus=None):
+        clock = Clock()
+        if system is None:
+            system = SystemProbe(FakeProc(self.mktemp()).root, platform="linux")
+        monitor = PerformanceMonitor(system, NvmlProbe(FakeNvml(gpus=gpus)), clock,
+                                     deferToThread=FakeThreads())
+        self.addCleanup(lambda: monitor.running and monitor.stopService())
+        return monitor
+
+    def test_everySeries(self):
+        monitor = self.monitor()
+        metrics = Metrics(monitor)
+        self.assertEqual(set(samples(metrics)), {"llamaswap_queue_depth"})
+        monitor.startService()
+        found = samples(metrics)
+        for name, labels in SYSTEM_SERIES.items():
+            self.assertIn(name, found)
+            for sampleLabels, _ in found[name]:
+                self.assertEqual(set(sampleLabels), labels, name)
+        for name in GPU_SERIES:
+            self.assertIn(name, found)
+            for sampleLabels, _ in found[name]:
+                self.assertEqual(set(sampleLabels), {"id", "name", "uuid"}, name)
+        types = families(metrics)
+        self.assertEqual(types["llamaswap_network_bytes"], "counter")
+        for name in set(SYSTEM_SERIES) - {"llamaswap_network_bytes_total"}:
+            self.assertEqual(types[name], "gauge", name)
+        for name in GPU_SERIES:
+            self.assertEqual(types[name], "gauge", name)
+
+    def test_systemValues(self):
+        monitor = self.monitor()
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        self.assertEqual(value(found, "llamaswap_cpu_util_percent", core="0"), 15.0)
+        self.assertEqual(value(found, "llamaswap_cpu_util_percent", core="1"), 25.0)
+        self.assertEqual(value(found, "llamaswap_memory_total_bytes"), 16384 * MIB)
+        self.assertEqual(value(found, "llamaswap_memory_used_bytes"), 9216 * MIB)
+        self.assertEqual(value(found, "llamaswap_memory_free_bytes"), 4096 * MIB)
+        self.assertEqual(value(found, "llamaswap_swap_total_bytes"), 2048 * MIB)
+        self.assertEqual(value(found, "llamaswap_swap_used_bytes"), 512 * MIB)
+        self.assertEqual([(labels["interval"], v) for labels, v in found["llamaswap_load_average"]],
+                         [("1m", 1.5), ("5m", 0.75), ("15m", 0.25)])
+        self.assertEqual(value(found, "llamaswap_network_bytes_total", interface="eth0",
+                               direction="recv"), 1050485753)
+        self.assertEqual(value(found, "llamaswap_network_bytes_total", interface="eth0",
+                               direction="sent"), 1293827)
+        self.assertEqual({labels["interface"]
+                          for labels, _ in found["llamaswap_network_bytes_total"]},
+                         {"eth0", "wlan0"})
+
+    def test_gpuValues(self):
+        monitor = self.monitor()
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        h100 = {"id": "0", "name": "NVIDIA H100", "uuid": "GPU-aaaa"}
+        self.assertEqual(value(found, "llamaswap_gpu_util_percent", **h100), 87)
+        self.assertEqual(value(found, "llamaswap_gpu_memory_util_percent", **h100), 40)
+        self.assertEqual(value(found, "llamaswap_gpu_temperature_celsius", **h100), 61)
+        self.assertEqual(value(found, "llamaswap_gpu_vram_temperature_celsius", **h100), 72)
+        self.assertEqual(value(found, "llamaswap_gpu_fan_speed_percent", **h100), 35)
+        self.assertEqual(value(found, "llamaswap_gpu_power_draw_watts", **h100), 312.5)
+        self.assertEqual(value(found, "llamaswap_gpu_memory_used_bytes", **h100), 30 * 2**30)
+        self.assertEqual(value(found, "llamaswap_gpu_memory_total_bytes", id="1"), 24 * 2**30)
+        # GPU 1 reports no power draw, fan speed or memory temperature: no
+        # sample for it.
+        for name in ("llamaswap_gpu_power_draw_watts", "llamaswap_gpu_fan_speed_percent",
+                     "llamaswap_gpu_vram_temperature_celsius"):
+            self.assertEqual([labels["id"] for labels, _ in found[name]], ["0"], name)
+
+    def test_bytesAreWholeMB(self):
+        """
+        Bytes are exported as the reference does: whole MB times 1048576.
+        """
+        gpus = FakeNvml().gpus
+        gpus[1]["used"] = 5 * MIB + 12345
+        monitor = self.monitor(gpus=gpus)
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        self.assertEqual(value(found, "llamaswap_gpu_memory_used_bytes", id="1"), 5 * MIB)
+
+    def test_uuidOnlyWhenKnown(self):
+        gpus = FakeNvml().gpus
+        gpus[1]["uuid"] = ""
+        monitor = self.monitor(gpus=gpus)
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        self.assertEqual([labels for labels, _ in found["llamaswap_gpu_util_percent"]],
+                         [{"id": "0", "name": "NVIDIA H100", "uuid": "GPU-aaaa"},
+                          {"id": "1", "name": "NVIDIA L4"}])
+
+    def test_gpuSeriesAbsentWithoutGpu(self):
+        monitor = self.monitor(gpus=[])
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        for name in GPU_SERIES:
+            self.assertNotIn(name, found)
+        for name in SYSTEM_SERIES:
+            self.assertIn(name, found)
+
+    def test_systemSeriesAbsentWhenUnavailable(self):
+        monitor = self.monitor(system=SystemProbe(platform="darwin"))
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        for name in SYSTEM_SERIES:
+            self.assertNotIn(name, found)
+        self.assertIn("llamaswap_gpu_util_percent", found)
+
+    def test_noInterfaces(self):
+        netDev = "Inter-|\n face |\n    lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"
+        proc = FakeProc(self.mktemp(), netDev=netDev)
+        monitor = self.monitor(system=SystemProbe(proc.root, platform="linux"))
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        self.assertNotIn("llamaswap_network_bytes_total", found)
+        self.assertIn("llamaswap_load_average", found)
+
+    def test_attachMonitor(self):
+        monitor = self.monitor()
+        monitor.startService()
+        metrics = Metrics()
+        metrics.attachMonitor(monitor)
+        self.assertIn("llamaswap_gpu_util_percent", samples(metrics))
+        metrics.attachMonitor(None)
+        self.assertEqual(set(samples(metrics)), {"llamaswap_queue_depth"})
+
+    def test_gpuLabelEscaping(self):
+        gpus = FakeNvml().gpus[:1]
+        gpus[0]["name"] = 'GPU "x"\\y\nz'
+        monitor = self.monitor(gpus=gpus)
+        monitor.startService()
+        found = samples(Metrics(monitor))
+        self.assertEqual(value(found, "llamaswap_gpu_util_percent", name='GPU "x"\\y\nz'), 87)
 
 
 class ResourceTests(SynchronousTestCase):

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_observe_gpu -*-
 """
 GPU statistics: L{NvmlProbe} reads NVIDIA GPUs through NVML (the
-C{nvidia-ml-py} package, C{import pynvml}); L{GpuMonitor} polls a probe off
-the reactor thread and keeps the latest sample (and an hour of history)
-for C{/metrics} and C{/api/performance}.
+C{nvidia-ml-py} package, C{import pynvml}).
+L{llamaswap.observe.performance.PerformanceMonitor} polls it off the reactor
+thread, with the system probe, for C{/metrics} and C{/api/performance}.
 
 Without the library, without an NVIDIA driver, or without a GPU, the probe
 says it is unavailable and returns no samples; nothing raises.
@@ -12,13 +12,8 @@ says it is unavailable and returns no samples; nothing raises.
 from __future__ import annotations
 
 import importlib
-from collections import deque
 from typing import Any, Callable
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,7 +21,11 @@ from llamaswap.interfaces import IGpuProbe
 
 #: Keys of one GPU's sample.
 SAMPLE_KEYS = ("id", "name", "uuid", "utilization", "memoryUtilization", "memoryUsed",
-               "memoryTotal", "temperature", "fanSpeed", "powerDraw")
+               "memoryTotal", "temperature", "vramTemperature", "fanSpeed", "powerDraw")
+
+#: NVML's field id of the memory (HBM) temperature, and its "success".
+_FI_DEV_MEMORY_TEMP = 82
+_NVML_SUCCESS = 0
 
 
 def _text(value: Any) -> str:
@@ -39,7 +38,7 @@ def _text(value: Any) -> str:
 class NvmlProbe:
     """
     An L{IGpuProbe} over NVML.  Every method blocks (calls into the
-    driver): run them in a thread (L{GpuMonitor} does).
+    driver): run them in a thread (the performance monitor does).
 
     C{pynvml} is imported, and C{nvmlInit} called, on first use, so that
     nothing happens before twistd has daemonised.
@@ -104,9 +103,11 @@ class NvmlProbe:
         @return: one dict per GPU with the keys L{SAMPLE_KEYS}: C{id} (the
             index), C{name}, C{uuid}, C{utilization} and
             C{memoryUtilization} (percent), C{memoryUsed} and
-            C{memoryTotal} (bytes), C{temperature} (Celsius), C{fanSpeed}
-            (percent), C{powerDraw} (watts).  A value the GPU does not
-            report is L{None}.  C{[]} when unavailable.
+            C{memoryTotal} (bytes), C{temperature} and
+            C{vramTemperature} (Celsius; the latter is the memory's, which
+            NVML reports through its field values on GPUs with HBM),
+            C{fanSpeed} (percent), C{powerDraw} (watts).  A value the GPU
+            does not report is L{None}.  C{[]} when unavailable.
         @raise Exception: an NVML error that concerns the whole sample
             (the monitor logs it).
         """
@@ -138,10 +139,39 @@ class NvmlProbe:
                 "memoryTotal": None if memory is None else int(memory.total),
                 "temperature": read(lambda: float(nvml.nvmlDeviceGetTemperature(
                     handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)))),
+                "vramTemperature": read(lambda: self._vramTemperature(handle)),
                 "fanSpeed": read(lambda: float(nvml.nvmlDeviceGetFanSpeed(handle))),
                 "powerDraw": None if power is None else power / 1000.0,
             })
         return gpus
+
+    def _vramTemperature(self, handle: Any) -> float | None:
+        """
+        @return: the memory temperature of the GPU at C{handle} (blocking),
+            or L{None} where NVML does not report one (no such field in an
+            old binding or driver, an error for the field, or 0).
+        """
+        nvml = self._nvml
+        getFieldValues = getattr(nvml, "nvmlDeviceGetFieldValues", None)
+        if getFieldValues is None:
+            return None
+        field = getattr(nvml, "NVML_FI_DEV_MEMORY_TEMP", _FI_DEV_MEMORY_TEMP)
+        value = getFieldValues(handle, [field])[0]
+        if getattr(value, "nvmlReturn", _NVML_SUCCESS) != _NVML_SUCCESS:
+            return None
+        member = {
+            getattr(nvml, "NVML_VALUE_TYPE_DOUBLE", 0): "dVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_INT", 1): "uiVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", 2): "ulVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", 3): "ullVal",
+            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_LONG_LONG", 4): "sllVal",
+            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_INT", 5): "siVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_SHORT", 6): "usVal",
+        }.get(getattr(value, "valueType", 1), "uiVal")
+        temperature = float(getattr(value.value, member))
+        # Drivers answer 0 rather than an error on some boards without a
+        # memory sensor; nothing runs at 0 Celsius.
+        return temperature if temperature > 0 else None
 
     def shutdown(self) -> None:
         """
@@ -154,152 +184,3 @@ class NvmlProbe:
                 self._nvml.nvmlShutdown()
             except Exception:
                 pass
-
-
-class GpuMonitor(Service):
-    """
-    Polls an L{IGpuProbe} every C{interval} seconds in a thread and keeps
-    the latest sample.  A failing sample is logged and the polling goes on;
-    a probe that reports itself unavailable (C{probe.available is False})
-    after a poll ends the polling, logged once.
-
-    A service: C{startService}/C{stopService} (also L{start}/L{stop}).
-
-    @ivar latest: the latest sample (a list of per-GPU dicts); C{[]} before
-        the first one or without GPUs.
-    @ivar latestAt: its time (the clock's seconds), or L{None}.
-    @ivar polls: polls done; @ivar failures: polls that failed.
-    """
-
-    log = Logger()
-
-    def __init__(self, probe: IGpuProbe, clock: IReactorTime, interval: float = 5.0,
-                 deferToThread: Callable[..., Deferred] | None = None,
-                 keepSeconds: float = 3600.0) -> None:
-        """
-        @param probe: what to poll.
-        @param clock: schedules the polls.
-        @param interval: seconds between polls (C{performance.every}).
-        @param deferToThread: runs a blocking call in a thread and returns
-            a L{Deferred} of its result; Twisted's
-            L{twisted.internet.threads.deferToThread} by default.
-        @param keepSeconds: how much history L{samplesSince} can return.
-        """
-        self.probe = probe
-        self.clock = clock
-        self.interval = interval
-        if deferToThread is None:
-            from twisted.internet.threads import deferToThread as _deferToThread
-
-            deferToThread = _deferToThread
-        self._deferToThread = deferToThread
-        self.latest: list[dict[str, Any]] = []
-        self.latestAt: float | None = None
-        self.polls = 0
-        self.failures = 0
-        keep = max(1, int(keepSeconds / max(interval, 0.001)) + 1)
-        self._history: deque[tuple[float, list[dict[str, Any]]]] = deque(maxlen=keep)
-        self._loop: LoopingCall | None = None
-        self._inFlight: Deferred | None = None
-
-    @property
-    def available(self) -> bool:
-        """
-        Whether the probe has (or may have) GPUs to report.
-        """
-        return getattr(self.probe, "available", True) is not False
-
-    def startService(self) -> None:
-        """
-        Poll now, then every C{interval} seconds.
-        """
-        super().startService()
-        if self._loop is not None and self._loop.running:
-            return
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: self.log.failure("GPU polling stopped", f))
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop polling.
-
-        @return: a L{Deferred} that fires once a poll in progress has ended
-            and the probe has been shut down (in a thread).
-        """
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        done: Deferred[None] = Deferred()
-        if self._inFlight is None:
-            done.callback(None)
-        else:
-            def settled(result: object) -> object:
-                done.callback(None)
-                return result
-
-            self._inFlight.addBoth(settled)
-
-        def shutdown(_: object) -> object:
-            shutdownProbe = getattr(self.probe, "shutdown", None)
-            if shutdownProbe is None:
-                return None
-            return self._deferToThread(shutdownProbe)
-
-        done.addCallback(shutdown)
-        done.addErrback(lambda f: self.log.failure("GPU probe shutdown failed", f))
-        done.addCallback(lambda _: None)
-        return done
-
-    start = startService
-    stop = stopService
-
-    def poll(self) -> Deferred[None]:
-        """
-        Sample once, in a thread.
-
-        @return: a L{Deferred} that fires with L{None} when the sample is
-            stored or its failure logged; it never fails.
-        """
-        self.polls += 1
-        try:
-            d = self._deferToThread(self.probe.sample)
-        except Exception:
-            self.failures += 1
-            self.log.failure("GPU sample could not start")
-            return succeed(None)
-        self._inFlight = d
-
-        def got(gpus: list[dict[str, Any]]) -> None:
-            self.latest = list(gpus or [])
-            self.latestAt = self.clock.seconds()
-            if self.latest:
-                self._history.append((self.latestAt, self.latest))
-            if not self.available:
-                self.log.info("GPU monitoring off: {reason}",
-                              reason=getattr(self.probe, "reason", "") or "no GPU")
-                if self._loop is not None and self._loop.running:
-                    self._loop.stop()
-
-        def failed(failure: Any) -> None:
-            self.failures += 1
-            self.log.failure("GPU sample failed", failure)
-
-        def settled(result: object) -> object:
-            if self._inFlight is d:
-                self._inFlight = None
-            return result
-
-        d.addCallbacks(got, failed)
-        d.addBoth(settled)
-        return d
-
-    def samplesSince(self, after: float | None = None) -> list[tuple[float, list[dict[str, Any]]]]:
-        """
-        @param after: clock seconds; L{None} for all kept samples.
-        @return: C{(time, gpus)} pairs strictly after C{after}, oldest
-            first (at most C{keepSeconds} of them).
-        """
-        return [(t, gpus) for t, gpus in self._history if after is None or t > after]

@@ -1,7 +1,7 @@
 """
 Everything llamaswap shows about itself, in one service: log buffers and
 streams, the UI's event bus, token metrics (activity), captures, Prometheus
-metrics and the GPU monitor.
+metrics and the performance (system and GPU) monitor.
 
 The service tree builds one L{Observatory} from the config and hands it to
 the pieces that feed it (upstream machines, the router, the relay) and to
@@ -14,7 +14,13 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    PredicateResult,
+    globalLogPublisher,
+)
 
 from llamaswap.observe.captures import CaptureStore
 from llamaswap.observe.events import (
@@ -25,10 +31,12 @@ from llamaswap.observe.events import (
     publishLogs,
 )
 from llamaswap.observe.exchange import ExchangeMeter
-from llamaswap.observe.gpu import GpuMonitor, NvmlProbe
-from llamaswap.observe.logs import LogHub
+from llamaswap.observe.gpu import NvmlProbe
+from llamaswap.observe.logs import LogHub, isUpstreamOutput
 from llamaswap.observe.logstream import LogStreams
+from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import Metrics, MetricsResource
+from llamaswap.observe.system import SystemProbe
 from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.tokens import ActivityLog
 
@@ -38,40 +46,57 @@ class Observatory(Service):
     Owns the observability state of one running llamaswap.
 
     @param config: the validated L{llamaswap.config.Config}.
-    @param reactor: the clock, and the thread pool of the GPU monitor.
+    @param reactor: the clock, and the thread pool of the performance
+        monitor.
     @param gpuProbe: an L{IGpuProbe} (NVML by default).
     @param publisher: where proxy log events come from (the global log
         publisher by default).
+    @param shapeOwnLog: also apply C{logLevel} and C{logToStdout} to the
+        observers already on C{publisher} (twistd's stdout or log file),
+        for as long as the service runs; only the daemon asks for this.
+    @param systemProbe: the host statistics probe (a
+        L{SystemProbe} over C{/proc} by default).
+
+    @ivar performance: the L{PerformanceMonitor}, or L{None} with
+        C{performance.disabled}.
+    @ivar gpu: the same monitor (it polls the GPUs), kept for callers of
+        the former GPU-only monitor.
     """
 
     log = Logger()
     name = "observatory"
 
-    def __init__(self, config, reactor, gpuProbe=None, publisher=None) -> None:
+    def __init__(self, config, reactor, gpuProbe=None, publisher=None,
+                 shapeOwnLog: bool = False, systemProbe=None) -> None:
         self.config = config
         self.reactor = reactor
         self.hub = LogHub(config.logToStdout)
         self.bus = EventBus()
         self.captures = CaptureStore.fromConfig(config.captureBuffer)
         self.activity = ActivityLog(config.metricsMaxInMemory, reactor, self.captures)
-        self.gpu: GpuMonitor | None = None
+        self.performance: PerformanceMonitor | None = None
         if not config.performance.disabled:
-            self.gpu = GpuMonitor(
+            self.performance = PerformanceMonitor(
+                systemProbe if systemProbe is not None else SystemProbe(),
                 gpuProbe if gpuProbe is not None else NvmlProbe(),
                 reactor,
-                interval=config.performance.every,
+                every=config.performance.every,
             )
-        self.metrics = Metrics(gpu=self.gpu)
+        self.gpu = self.performance
+        self.metrics = Metrics(self.performance)
         self.streams = LogStreams(reactor)
         self.events = EventsResource(
             self.bus, initialBurst(self.hub, self.modelStatus, self.activity, self.inflight)
         )
         self.metricsResource = MetricsResource(
-            self.metrics, enabled=not config.performance.disabled
+            self.metrics, enabled=self.performance is not None
         )
         self._publisher = publisher if publisher is not None else globalLogPublisher
+        self.log = Logger(source=self, observer=self._publisher)
         self._observer = self.hub.proxyObserver(config.logLevel, config.logTimeFormat)
         self._unsubscribe: list[Callable[[], None]] = []
+        self._shapeOwnLog = shapeOwnLog
+        self._shaped: list[tuple[Any, Any]] = []
         self._states: dict[str, str] = {}
         self._inflight = 0
 
@@ -79,25 +104,55 @@ class Observatory(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._shapeOwnLog:
+            self._shapeObservers()
         self._publisher.addObserver(self._observer)
         self._unsubscribe = [
             publishLogs(self.bus, self.hub.proxy, self.hub.upstream),
             publishActivity(self.bus, self.activity),
         ]
-        if self.gpu is not None:
-            self.gpu.startService()
+        if self.performance is not None:
+            self.performance.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._publisher.removeObserver(self._observer)
+        for original, shaped in self._shaped:
+            self._publisher.removeObserver(shaped)
+            self._publisher.addObserver(original)
+        self._shaped = []
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
         self.streams.close()
         self.events.close()
-        if self.gpu is not None and self.gpu.running:
-            return self.gpu.stopService()
+        if self.performance is not None and self.performance.running:
+            return self.performance.stopService()
         return succeed(None)
+
+    def _shapeObservers(self) -> None:
+        """
+        Wrap the observers twistd installed so that they see what the
+        reference's stdout would: with C{logToStdout} C{proxy} or C{both},
+        llamaswap's lines at C{logLevel} or above; with C{upstream} or
+        C{both}, model output (which L{upstreamOutput} logs only then).
+        """
+        level = LogLevel.levelWithName(
+            {"warn": "warn", "error": "error", "debug": "debug"}.get(self.config.logLevel, "info"))
+        proxyLines = self.config.logToStdout in ("proxy", "both")
+
+        def wanted(event: dict) -> PredicateResult:
+            if isUpstreamOutput(event):
+                return PredicateResult.yes
+            if proxyLines and event.get("log_level", LogLevel.info) >= level:
+                return PredicateResult.maybe
+            return PredicateResult.no
+
+        for original in list(getattr(self._publisher, "_observers", [])):
+            shaped = FilteringLogObserver(original, [wanted])
+            self._publisher.removeObserver(original)
+            self._publisher.addObserver(shaped)
+            self._shaped.append((original, shaped))
 
     # -- fed by the upstream machines ---------------------------------------
 

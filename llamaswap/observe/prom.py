@@ -4,7 +4,7 @@ Prometheus metrics of one llamaswap server, in a registry of its own (never
 C{prometheus_client}'s global one), and C{GET /metrics} (SPEC.md section
 3.10).
 
-Series::
+Series of llamaswap itself::
 
     llamaswap_requests_total{model,route,status}             counter
     llamaswap_request_duration_seconds{model,route}          histogram
@@ -14,23 +14,42 @@ Series::
     llamaswap_tokens_total{model,kind="input|output"}        counter
     llamaswap_queue_depth                                    gauge
     llamaswap_phase_seconds{model,phase="queue|stop|load|ttfb"} histogram
-    llamaswap_gpu_utilization_percent{gpu,name,uuid}         gauge  } from the
-    llamaswap_gpu_memory_used_bytes{gpu,name,uuid}           gauge  } GPU
-    llamaswap_gpu_memory_total_bytes{gpu,name,uuid}          gauge  } monitor's
-    llamaswap_gpu_temperature_celsius{gpu,name,uuid}         gauge  } latest
-    llamaswap_gpu_power_watts{gpu,name,uuid}                 gauge  } sample
 
-The GPU gauges are absent when there is no GPU monitor or no sample.
+and, from the performance monitor's latest sample (SPEC.md section 6.4;
+L{PerformanceCollector})::
+
+    llamaswap_cpu_util_percent{core}                         gauge
+    llamaswap_memory_total_bytes                             gauge
+    llamaswap_memory_used_bytes                              gauge
+    llamaswap_memory_free_bytes                              gauge
+    llamaswap_swap_total_bytes                               gauge
+    llamaswap_swap_used_bytes                                gauge
+    llamaswap_load_average{interval="1m|5m|15m"}             gauge
+    llamaswap_network_bytes_total{interface,direction="recv|sent"} counter
+    llamaswap_gpu_temperature_celsius{id,name[,uuid]}        gauge
+    llamaswap_gpu_vram_temperature_celsius{id,name[,uuid]}   gauge
+    llamaswap_gpu_util_percent{id,name[,uuid]}               gauge
+    llamaswap_gpu_memory_util_percent{id,name[,uuid]}        gauge
+    llamaswap_gpu_memory_used_bytes{id,name[,uuid]}          gauge
+    llamaswap_gpu_memory_total_bytes{id,name[,uuid]}         gauge
+    llamaswap_gpu_fan_speed_percent{id,name[,uuid]}          gauge
+    llamaswap_gpu_power_draw_watts{id,name[,uuid]}           gauge
+
+Byte values are the reference's whole MB times 1048576.  The system series
+are absent while the system probe is unavailable (not Linux) or before its
+first sample; the network counter without interfaces; the GPU series
+without GPUs, and a GPU's series for a value it does not report.  C{uuid}
+is a label only when known.
 C{route} should be the route's pattern (C{/v1/chat/completions}), never a
 raw client path, to keep the number of series bounded.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.resource import Resource
 
 #: The states a model can be in (upstream machine and SPEC.md 4.1).
@@ -47,46 +66,124 @@ SWAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120
 PHASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                  5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-#: (GPU gauge name, sample key, help).
+MB = 1048576
+
+#: (system gauge name, sample key, help): unlabelled byte gauges.
+SYSTEM_BYTES = (
+    ("llamaswap_memory_total_bytes", "memoryTotal", "Memory in all, bytes."),
+    ("llamaswap_memory_used_bytes", "memoryUsed", "Memory in use, bytes."),
+    ("llamaswap_memory_free_bytes", "memoryFree", "Memory free, bytes."),
+    ("llamaswap_swap_total_bytes", "swapTotal", "Swap in all, bytes."),
+    ("llamaswap_swap_used_bytes", "swapUsed", "Swap in use, bytes."),
+)
+
+#: (GPU gauge name, sample key, help, whether the value is bytes).
 GPU_GAUGES = (
-    ("llamaswap_gpu_utilization_percent", "utilization", "GPU utilization in percent."),
-    ("llamaswap_gpu_memory_used_bytes", "memoryUsed", "GPU memory in use, bytes."),
-    ("llamaswap_gpu_memory_total_bytes", "memoryTotal", "GPU memory in all, bytes."),
-    ("llamaswap_gpu_temperature_celsius", "temperature", "GPU temperature, Celsius."),
-    ("llamaswap_gpu_power_watts", "powerDraw", "GPU power draw, watts."),
+    ("llamaswap_gpu_temperature_celsius", "temperature", "GPU temperature, Celsius.", False),
+    ("llamaswap_gpu_vram_temperature_celsius", "vramTemperature",
+     "GPU memory (VRAM) temperature, Celsius.", False),
+    ("llamaswap_gpu_util_percent", "utilization", "GPU utilization in percent.", False),
+    ("llamaswap_gpu_memory_util_percent", "memoryUtilization",
+     "GPU memory (bandwidth) utilization in percent.", False),
+    ("llamaswap_gpu_memory_used_bytes", "memoryUsed", "GPU memory in use, bytes.", True),
+    ("llamaswap_gpu_memory_total_bytes", "memoryTotal", "GPU memory in all, bytes.", True),
+    ("llamaswap_gpu_fan_speed_percent", "fanSpeed", "GPU fan speed in percent.", False),
+    ("llamaswap_gpu_power_draw_watts", "powerDraw", "GPU power draw, watts.", False),
 )
 
 
-class GpuCollector:
+def _bytes(value: Any) -> float:
     """
-    A custom collector: the GPU gauges from a monitor's latest sample (an
-    object with a C{latest} list of per-GPU dicts, such as
-    L{llamaswap.observe.gpu.GpuMonitor}); nothing without one.
+    @return: C{value} bytes as the reference exports them: whole MB times
+        1048576.
+    """
+    return float((int(value) // MB) * MB)
+
+
+def systemFamilies(system: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """
+    @param system: a L{llamaswap.observe.system.SystemProbe.sample} dict, or
+        L{None}.
+    @return: the system series of SPEC.md section 6.4 (none for L{None}).
+    """
+    if not system:
+        return
+    cpu = GaugeMetricFamily("llamaswap_cpu_util_percent", "CPU utilization per core, percent.",
+                            labels=["core"])
+    for core, value in enumerate(system.get("cpuPerCore") or []):
+        cpu.add_metric([str(core)], float(value))
+    if cpu.samples:
+        yield cpu
+    for name, key, doc in SYSTEM_BYTES:
+        value = system.get(key)
+        if value is not None:
+            yield GaugeMetricFamily(name, doc, value=_bytes(value))
+    load = system.get("load")
+    if load:
+        family = GaugeMetricFamily("llamaswap_load_average", "System load average.",
+                                   labels=["interval"])
+        for interval, value in zip(("1m", "5m", "15m"), load):
+            family.add_metric([interval], float(value))
+        yield family
+    network = system.get("network") or []
+    if network:
+        family = CounterMetricFamily("llamaswap_network_bytes",
+                                     "Bytes received and sent per network interface.",
+                                     labels=["interface", "direction"])
+        for interface in network:
+            family.add_metric([str(interface["name"]), "recv"], float(interface["recv"]))
+            family.add_metric([str(interface["name"]), "sent"], float(interface["sent"]))
+        yield family
+
+
+def gpuFamilies(gpus: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
+    """
+    @param gpus: the per-GPU dicts of a L{llamaswap.observe.gpu.NvmlProbe}
+        sample.
+    @return: the GPU gauges of SPEC.md section 6.4, labelled C{id},
+        C{name} and, when known, C{uuid}; a value a GPU does not report
+        has no sample, a gauge no GPU reports no family.
+    """
+    gpus = list(gpus)
+    for name, key, doc, isBytes in GPU_GAUGES:
+        family = Metric(name, doc, "gauge")
+        for gpu in gpus:
+            value = gpu.get(key)
+            if value is None:
+                continue
+            labels = {"id": str(gpu.get("id", "")), "name": str(gpu.get("name") or "")}
+            if gpu.get("uuid"):
+                labels["uuid"] = str(gpu["uuid"])
+            family.add_sample(name, labels, _bytes(value) if isBytes else float(value))
+        if family.samples:
+            yield family
+
+
+class PerformanceCollector:
+    """
+    A custom collector: the system and GPU series from a performance
+    monitor's latest sample (an object with a C{latest()} method returning
+    L{None} or something with C{system} and C{gpus}, such as
+    L{llamaswap.observe.performance.PerformanceMonitor}); nothing without
+    one.
     """
 
     def __init__(self, monitor: Any = None) -> None:
         self.monitor = monitor
 
     def describe(self) -> list:
-        # Names are dynamic (absent without a GPU): nothing to check for
+        # Names are dynamic (absent without a sample): nothing to check for
         # duplicates at registration.
         return []
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        gpus = list(getattr(self.monitor, "latest", None) or [])
-        if not gpus:
+    def collect(self) -> Iterator[Metric]:
+        if self.monitor is None:
             return
-        for name, key, doc in GPU_GAUGES:
-            family = GaugeMetricFamily(name, doc, labels=["gpu", "name", "uuid"])
-            for gpu in gpus:
-                value = gpu.get(key)
-                if value is None:
-                    continue
-                family.add_metric(
-                    [str(gpu.get("id", "")), str(gpu.get("name") or ""),
-                     str(gpu.get("uuid") or "")], float(value))
-            if family.samples:
-                yield family
+        latest = self.monitor.latest()
+        if latest is None:
+            return
+        yield from systemFamilies(latest.system)
+        yield from gpuFamilies(latest.gpus or ())
 
 
 class Metrics:
@@ -97,10 +194,11 @@ class Metrics:
     @ivar registry: the L{CollectorRegistry} this object owns.
     """
 
-    def __init__(self, gpu: Any = None) -> None:
+    def __init__(self, monitor: Any = None) -> None:
         """
-        @param gpu: the GPU monitor whose latest sample is exported (see
-            L{GpuCollector}); also settable later with L{attachGpu}.
+        @param monitor: the performance monitor whose latest sample is
+            exported (see L{PerformanceCollector}); also settable later with
+            L{attachMonitor}.
         """
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -127,14 +225,14 @@ class Metrics:
             "llamaswap_phase_seconds", "Per-request phase durations.",
             ["model", "phase"], buckets=PHASE_BUCKETS, registry=r)
         self._states: dict[str, str] = {}
-        self.gpu = GpuCollector(gpu)
-        r.register(self.gpu)
+        self.performance = PerformanceCollector(monitor)
+        r.register(self.performance)
 
-    def attachGpu(self, monitor: Any) -> None:
+    def attachMonitor(self, monitor: Any) -> None:
         """
-        Export the GPU gauges of C{monitor} (L{None} to stop).
+        Export the system and GPU series of C{monitor} (L{None} to stop).
         """
-        self.gpu.monitor = monitor
+        self.performance.monitor = monitor
 
     def requestDone(self, model: str, route: str, status: int | str, seconds: float) -> None:
         """

@@ -31,6 +31,7 @@ from llamaswap.web.auth import (
 )
 from llamaswap.web.errors import renderError, toError, writeError
 from llamaswap.web.loading import LoadingStream
+from llamaswap.web.performance import PerformanceResource
 from llamaswap.web.ui import UIResource, staticPath
 from llamaswap.web.upstream_path import (
     MODEL_NOT_FOUND,
@@ -474,6 +475,10 @@ class LlamaSwapAPI:
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request):
         return self._observe().metricsResource
+
+    @app.route("/api/performance", methods=["GET"])
+    def performance(self, request):
+        return PerformanceResource(self._observe().performance)
 
     @app.route("/api/version", methods=["GET"])
     def version(self, request) -> bytes:

@@ -124,3 +124,15 @@ class ObserveTests(TestCase):
         self.assertEqual(types[:5], ["logData", "logData", "modelStatus", "metrics", "inflight"])
         await self.daemon.chat("obs")
         await eventually(lambda: b'modelStatus' in collect.data.split(b"\n\n", 5)[-1], timeout=5)
+
+    @run
+    async def test_performanceSamples(self) -> None:
+        await eventually(lambda: self.daemon.root.getServiceNamed(
+            "observatory").performance.latest() is not None, timeout=10)
+        stats = await self.daemon.getJSON("/api/performance")
+        self.assertEqual(set(stats), {"sys_stats", "gpu_stats"})
+        [sample] = stats["sys_stats"][-1:]
+        self.assertGreater(sample["mem_total_mb"], 0)
+        response = await self.daemon.http.get(self.daemon.base + "/api/performance?after=bad")
+        self.assertEqual(response.code, 400)
+        await response.content()

@@ -1,0 +1,217 @@
+"""
+Tests for L{llamaswap.observe.system}: the C{/proc} parsers and
+L{SystemProbe} over fake C{/proc} trees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from llamaswap.observe.system import (
+    SAMPLE_KEYS,
+    SystemProbe,
+    cpuPercent,
+    parseLoadavg,
+    parseMeminfo,
+    parseNetDev,
+    parseStat,
+)
+
+# user nice system idle iowait irq softirq steal guest guest_nice
+STAT_1 = """\
+cpu  300 0 100 1500 100 0 0 0 0 0
+cpu0 100 0 50 800 50 0 0 0 0 0
+cpu1 200 0 50 700 50 0 0 0 0 0
+intr 1583883 0 0 0
+ctxt 2236752
+btime 1700000000
+"""
+
+# cpu0: +100 busy of +200 (50%); cpu1: +150 busy +50 idle/iowait (75%).
+STAT_2 = """\
+cpu  550 0 100 1600 100 0 0 0 0 0
+cpu0 200 0 50 900 50 0 0 0 0 0
+cpu1 350 0 50 720 80 0 0 0 0 0
+intr 1583899 0 0 0
+"""
+
+MEMINFO = """\
+MemTotal:       16777216 kB
+MemFree:         4194304 kB
+MemAvailable:   10485760 kB
+Buffers:          524288 kB
+Cached:          2097152 kB
+SwapCached:            0 kB
+SReclaimable:     524288 kB
+SwapTotal:       2097152 kB
+SwapFree:        1572864 kB
+HugePages_Total:       0
+"""
+
+LOADAVG = "1.50 0.75 0.25 3/812 12345\n"
+
+NET_DEV = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|"
+    "bytes    packets errs drop fifo colls carrier compressed\n"
+    "    lo: 551292608  243157    0    0    0     0          0         0 "
+    "551292608  243157    0    0    0     0       0          0\n"
+    "  eth0: 1050485753   21628    0    0    0     0          0         0 "
+    " 1293827   14778    0    0    0     0       0          0\n"
+    "wlan0:123 1 0 0 0 0 0 0 456 2 0 0 0 0 0 0\n"
+)
+
+MIB = 1048576
+
+
+class FakeProc:
+    """
+    A fake C{/proc} tree in a temporary directory.
+    """
+
+    def __init__(self, root: str, stat=STAT_1, meminfo=MEMINFO, loadavg=LOADAVG,
+                 netDev=NET_DEV) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, "net"))
+        for name, text in (("stat", stat), ("meminfo", meminfo), ("loadavg", loadavg),
+                           (os.path.join("net", "dev"), netDev)):
+            if text is not None:
+                self.write(name, text)
+
+    def write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.root, name), "w") as f:
+            f.write(text)
+
+    def remove(self, name: str) -> None:
+        os.remove(os.path.join(self.root, name))
+
+
+class ParserTests(SynchronousTestCase):
+    def test_stat(self):
+        self.assertEqual(parseStat(STAT_1), {0: (150, 1000), 1: (250, 1000)})
+
+    def test_statShortLines(self):
+        """
+        Old kernels have fewer columns; missing ones count as 0.
+        """
+        self.assertEqual(parseStat("cpu0 10 0 10 80\ncpux 1 2 3\n"), {0: (20, 100)})
+
+    def test_cpuPercent(self):
+        self.assertEqual(cpuPercent(parseStat(STAT_1), parseStat(STAT_2)), [50.0, 75.0])
+
+    def test_cpuPercentSinceBoot(self):
+        self.assertEqual(cpuPercent(None, parseStat(STAT_1)), [15.0, 25.0])
+
+    def test_cpuPercentNoTimeOrBackwards(self):
+        first = {0: (10, 100), 1: (50, 100)}
+        self.assertEqual(cpuPercent(first, {0: (10, 100), 1: (40, 200)}), [0.0, 0.0])
+
+    def test_meminfo(self):
+        mem = parseMeminfo(MEMINFO)
+        self.assertEqual(mem["MemTotal"], 16 * 1024 * MIB)
+        self.assertEqual(mem["HugePages_Total"], 0)
+        self.assertEqual(mem["SwapFree"], 1536 * MIB)
+
+    def test_loadavg(self):
+        self.assertEqual(parseLoadavg(LOADAVG), (1.5, 0.75, 0.25))
+
+    def test_netDev(self):
+        self.assertEqual(parseNetDev(NET_DEV), [
+            {"name": "eth0", "recv": 1050485753, "sent": 1293827},
+            {"name": "wlan0", "recv": 123, "sent": 456},
+        ])
+
+
+class ProbeTests(SynchronousTestCase):
+    def setUp(self):
+        self.proc = FakeProc(self.mktemp())
+        self.probe = SystemProbe(self.proc.root, platform="linux")
+
+    def test_sample(self):
+        sample = self.probe.sample()
+        self.assertTrue(self.probe.available)
+        self.assertEqual(set(sample), set(SAMPLE_KEYS))
+        self.assertEqual(sample, {
+            "cpuPerCore": [15.0, 25.0],           # since boot
+            "memoryTotal": 16384 * MIB,
+            # total - free - buffers - cached - SReclaimable
+            "memoryUsed": (16384 - 4096 - 512 - 2048 - 512) * MIB,
+            "memoryFree": 4096 * MIB,
+            "swapTotal": 2048 * MIB,
+            "swapUsed": 512 * MIB,
+            "load": (1.5, 0.75, 0.25),
+            "network": [{"name": "eth0", "recv": 1050485753, "sent": 1293827},
+                        {"name": "wlan0", "recv": 123, "sent": 456}],
+        })
+
+    def test_twoReadings(self):
+        """
+        The second sample's CPU figures cover the time since the first.
+        """
+        self.probe.sample()
+        self.proc.write("stat", STAT_2)
+        self.assertEqual(self.probe.sample()["cpuPerCore"], [50.0, 75.0])
+        self.assertEqual(self.probe.sample()["cpuPerCore"], [0.0, 0.0])
+
+    def test_coreComesOnline(self):
+        self.proc.write("stat", "cpu0 10 0 10 80 0 0 0 0\n")
+        self.probe.sample()
+        self.proc.write("stat", "cpu0 20 0 10 170 0 0 0 0\ncpu1 5 0 5 90 0 0 0 0\n")
+        self.assertEqual(self.probe.sample()["cpuPerCore"], [10.0, 10.0])
+
+    def test_containerCaches(self):
+        """
+        Caches larger than what is not free (seen in containers) do not
+        make used memory negative.
+        """
+        self.proc.write("meminfo", "MemTotal: 1024 kB\nMemFree: 512 kB\nCached: 4096 kB\n")
+        sample = self.probe.sample()
+        self.assertEqual((sample["memoryUsed"], sample["swapTotal"], sample["swapUsed"]),
+                         (512 * 1024, 0, 0))
+
+    def test_optionalFilesMissing(self):
+        self.proc.remove("loadavg")
+        self.proc.remove(os.path.join("net", "dev"))
+        sample = self.probe.sample()
+        self.assertEqual((sample["load"], sample["network"]), ((0.0, 0.0, 0.0), []))
+
+    def test_brokenFileRaises(self):
+        """
+        A file that cannot be parsed raises (the monitor logs it); the next
+        sample works again.
+        """
+        self.probe.sample()
+        self.proc.write("loadavg", "garbage\n")
+        self.assertRaises(Exception, self.probe.sample)
+        self.proc.write("loadavg", LOADAVG)
+        self.assertEqual(self.probe.sample()["load"], (1.5, 0.75, 0.25))
+
+    def test_notLinux(self):
+        probe = SystemProbe(self.proc.root, platform="darwin")
+        self.assertIsNone(probe.sample())
+        self.assertFalse(probe.available)
+        self.assertIn("darwin", probe.reason)
+
+    def test_noProc(self):
+        probe = SystemProbe(os.path.join(self.proc.root, "nothing"), platform="linux")
+        self.assertIsNone(probe.sample())
+        self.assertFalse(probe.available)
+        self.assertIn("stat", probe.reason)
+        self.assertIsNone(probe.sample())
+
+    def test_realProc(self):
+        """
+        On this machine: a sample on Linux, unavailable elsewhere.
+        """
+        probe = SystemProbe()
+        sample = probe.sample()
+        if not sys.platform.startswith("linux"):
+            self.assertIsNone(sample)
+            return
+        self.assertEqual(set(sample), set(SAMPLE_KEYS))
+        self.assertTrue(sample["cpuPerCore"])
+        self.assertGreater(sample["memoryTotal"], 0)
+        self.assertNotIn("lo", [n["name"] for n in sample["network"]])
