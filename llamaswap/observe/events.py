@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from llamaswap.interfaces import IEventSink
 from llamaswap.observe.streaming import StreamClient
+from llamaswap.observe.subscribers import Subscribers
 
 #: Messages a client may have waiting before more are dropped (SPEC.md 3.9).
 CLIENT_BUFFER = 1024
@@ -62,7 +63,7 @@ class EventBus:
     log = Logger()
 
     def __init__(self) -> None:
-        self._subscribers: list[Callable[[bytes], object]] = []
+        self._subscribers = Subscribers()
         self.published = 0
         self.dropped = 0
 
@@ -81,7 +82,7 @@ class EventBus:
             try:
                 callback(frame)
             except Exception:
-                self._remove(callback)
+                self._subscribers.discard(callback)
                 self.log.failure("event subscriber failed; unsubscribed")
 
     def emit(self, kind: str, **fields: Any) -> None:
@@ -101,8 +102,7 @@ class EventBus:
         @return: a function that unsubscribes; calling it again does
             nothing.
         """
-        self._subscribers.append(callback)
-        return lambda: self._remove(callback)
+        return self._subscribers.add(callback)
 
     @property
     def subscriberCount(self) -> int:
@@ -111,11 +111,6 @@ class EventBus:
         """
         return len(self._subscribers)
 
-    def _remove(self, callback: Callable[[bytes], object]) -> None:
-        try:
-            self._subscribers.remove(callback)
-        except ValueError:
-            pass
 
 
 class _EventClient(StreamClient):

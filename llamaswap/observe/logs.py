@@ -25,6 +25,7 @@ from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
 from zope.interface import implementer
 
 from llamaswap.observe._time import formatLayout
+from llamaswap.observe.subscribers import Subscribers
 
 #: The reference keeps 100 KiB of each log.
 DEFAULT_MAX_BYTES = 100 * 1024
@@ -91,7 +92,7 @@ class LogBuffer:
         self.maxBytes = max(1, int(maxBytes))
         self.size = 0
         self._chunks: deque[bytes] = deque()
-        self._subscribers: list[Callable[[bytes], object]] = []
+        self._subscribers = Subscribers()
         self._pending: deque[bytes] = deque()
         self._delivering = False
 
@@ -131,15 +132,7 @@ class LogBuffer:
         @return: a function that unsubscribes; calling it again does
             nothing.
         """
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            try:
-                self._subscribers.remove(callback)
-            except ValueError:
-                pass
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     @property
     def subscriberCount(self) -> int:
@@ -171,10 +164,7 @@ class LogBuffer:
         except Exception:
             # Unsubscribe first: the failure is logged, and a proxy log
             # observer may write that to this very buffer.
-            try:
-                self._subscribers.remove(callback)
-            except ValueError:
-                pass
+            self._subscribers.discard(callback)
             _log.failure("log subscriber {callback!r} failed; unsubscribed",
                          callback=callback)
 

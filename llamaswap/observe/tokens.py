@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from llamaswap.observe._time import rfc3339Nano
+from llamaswap.observe.subscribers import Subscribers
 
 #: Non-streamed bodies larger than this are not parsed for tokens.
 DEFAULT_MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -677,7 +678,7 @@ class ActivityLog:
         self.captures = captures
         self.nextId = 0
         self._records: deque[ActivityRecord] = deque(maxlen=self.maxItems)
-        self._subscribers: list[Callable[[ActivityRecord], object]] = []
+        self._subscribers = Subscribers()
 
     def add(self, model: str, reqPath: str, respContentType: str = "",
             respStatusCode: int = 0, tokens: TokenUsage | None = None,
@@ -755,15 +756,7 @@ class ActivityLog:
 
         @return: a function that unsubscribes.
         """
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            try:
-                self._subscribers.remove(callback)
-            except ValueError:
-                pass
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def __len__(self) -> int:
         return len(self._records)
