@@ -71,7 +71,10 @@ class EventBus:
         """
         Send one message to every subscriber.  Never raises: an encoding
         error or a failing subscriber is logged (the subscriber is removed).
+        With no subscriber (no UI open), nothing is encoded.
         """
+        if not self._subscribers:
+            return
         try:
             frame = sseFrame(type, data)
         except Exception:

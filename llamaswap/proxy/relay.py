@@ -16,8 +16,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestNotSent,
     ResponseDone,
@@ -25,7 +27,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -98,6 +100,34 @@ class BytesProducer:
         pass
 
 
+@implementer(IAgentEndpointFactory)
+class _CachedEndpoints:
+    """
+    One client endpoint per upstream address, made once: L{Agent} would
+    otherwise build (and IDNA-encode the host of) a new endpoint for every
+    request, even one that reuses a pooled connection.
+    """
+
+    def __init__(self, reactor, connectTimeout: float) -> None:
+        self._reactor = reactor
+        self._connectTimeout = connectTimeout
+        self._policy = BrowserLikePolicyForHTTPS()
+        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
+            endpoint = HostnameEndpoint(
+                self._reactor, host, uri.port, timeout=self._connectTimeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(
+                    self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._endpoints[key] = endpoint
+        return endpoint
+
+
 class UpstreamAgents:
     """
     One L{Agent} with its own persistent L{HTTPConnectionPool} per upstream.
@@ -121,7 +151,8 @@ class UpstreamAgents:
             pool = quietPool(self._reactor)
             pool.maxPersistentPerHost = max(parallel, 2)
             pool.retryAutomatically = False
-            agent = Agent(self._reactor, connectTimeout=self._connectTimeout, pool=pool)
+            agent = Agent.usingEndpointFactory(
+                self._reactor, _CachedEndpoints(self._reactor, self._connectTimeout), pool=pool)
             entry = self._agents[key] = (agent, pool)
         return entry[0]
 
