@@ -254,6 +254,14 @@ class LlamaServerTests(TestCase):
         self.assertEqual(final["timings"]["predicted_n"], MAX_TOKENS)
         self.assertGreater(final["timings"]["predicted_per_second"], 0)
 
+        # llamaswap's token metrics came from those timings, read as the
+        # stream went by.
+        [entry] = await daemon.getJSON("/api/metrics")
+        self.assertEqual(entry["tokens"]["output_tokens"], MAX_TOKENS)
+        self.assertEqual(entry["tokens"]["input_tokens"], final["timings"]["prompt_n"])
+        self.assertAlmostEqual(entry["tokens"]["tokens_per_second"],
+                               final["timings"]["predicted_per_second"], places=3)
+
     @run
     async def test_jsonBodyCarriesTimings(self) -> None:
         """
@@ -269,6 +277,9 @@ class LlamaServerTests(TestCase):
         self.assertEqual(answer["usage"]["completion_tokens"], MAX_TOKENS)
         self.assertEqual(answer["timings"]["predicted_n"], MAX_TOKENS)
         self.assertGreater(answer["timings"]["prompt_n"], 0)
+        [entry] = await daemon.getJSON("/api/metrics")
+        self.assertEqual(entry["tokens"]["output_tokens"], MAX_TOKENS)
+        self.assertGreater(entry["tokens"]["prompt_per_second"], 0)
 
     @run
     async def test_swapBetweenRealModels(self) -> None:
