@@ -4,12 +4,19 @@ Builds the service tree of a running llamaswap from a validated config.
 
 from __future__ import annotations
 
+import os
+import signal
+
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
+from llamaswap.config import loadConfig
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
@@ -118,9 +125,232 @@ class _Housekeeping(Service):
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
 
+def launchSettings(model) -> tuple:
+    """
+    @return: what decides how a model's process runs: two configs of a
+        model with equal settings can share one running process across a
+        reload.
+    """
+    return (model.argv, model.cmdStopArgv, model.proxy, model.env, model.checkEndpoint,
+            model.unloadTimeout)
+
+
+class _ReloadTriggers(Service):
+    """
+    What reloads the config of a running daemon: SIGHUP, and with
+    C{--watch-config} a change of the file (checked every two seconds, off
+    the reactor thread).
+    """
+
+    log = Logger()
+    name = "reload-triggers"
+
+    def __init__(self, owner: "LlamaSwapService", watch: bool, interval: float = 2.0) -> None:
+        self.owner = owner
+        self.watch = watch
+        self.interval = interval
+        self._previousHandler = None
+        self._loop: LoopingCall | None = None
+        self._seen: tuple | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.owner.reactor
+        try:
+            self._previousHandler = signal.signal(
+                signal.SIGHUP, lambda *_: reactor.callFromThread(self._reload, "SIGHUP"))
+        except (ValueError, AttributeError):  # not the main thread, or no SIGHUP
+            self._previousHandler = None
+        if self.watch and self.owner.configPath:
+            self._loop = LoopingCall(self._check)
+            self._loop.clock = reactor
+            self._loop.start(self.interval, now=True).addErrback(
+                lambda f: self.log.failure("watching the config file", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previousHandler is not None:
+            signal.signal(signal.SIGHUP, self._previousHandler)
+            self._previousHandler = None
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _reload(self, why: str) -> None:
+        self.log.info("reloading the config ({why})", why=why)
+        self.owner.reload().addErrback(lambda f: self.log.failure("config reload", f))
+
+    def _check(self) -> Deferred[None]:
+        reactor = self.owner.reactor
+
+        def stat() -> tuple | None:
+            try:
+                info = os.stat(self.owner.configPath)
+            except OSError:
+                return None
+            return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+        def compare(seen: tuple | None) -> None:
+            if self._seen is not None and seen is not None and seen != self._seen:
+                self._reload("the config file changed")
+            if seen is not None:
+                self._seen = seen
+
+        return deferToThreadPool(reactor, reactor.getThreadPool(), stat).addCallback(compare)
+
+
+class LlamaSwapService(MultiService):
+    """
+    The root service: housekeeping, the observatory (logs, events,
+    metrics), the router (which owns every upstream process) and the web
+    server, started in that order and stopped in reverse, so the port
+    closes first and the daemon exits only once every upstream process
+    group is gone.
+
+    L{reload} replaces the config while running.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, reactor, listen: str, launcher: Launcher | None = None,
+                 daemon: bool = False, configPath: str | None = None,
+                 watchConfig: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.configPath = configPath
+        self.reactor = reactor
+        self.launcher = launcher if launcher is not None else Launcher(reactor)
+        self.probe = HealthProbe(reactor)
+        self.agents = UpstreamAgents(reactor)
+        _Housekeeping(self.launcher, self.agents, self.probe).setServiceParent(self)
+        self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
+        self.observatory.setServiceParent(self)
+        self.router = self._router(config, {})
+        self.router.setServiceParent(self)
+        self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
+        web = strports.service(listen, self.site, reactor=reactor)
+        web.setName("web")
+        web.setServiceParent(self)
+        if daemon:
+            _ReloadTriggers(self, watchConfig).setServiceParent(self)
+        self._reloading = False
+        self._retiring: set[Deferred[None]] = set()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every child in reverse order, and wait as well for the models
+        a reload is still stopping.
+        """
+        stopping = super().stopService()
+        return gatherResults([stopping, *self._retiring], consumeErrors=True).addCallback(
+            lambda _: None)
+
+    def _stateChanged(self, modelId: str, old: str, new: str) -> None:
+        if new in ("stopped", "failed"):
+            self.agents.reset(modelId)
+        self.observatory.stateChanged(modelId, old, new)
+
+    def _router(self, config, adopted, startAfter=None) -> RouterService:
+        def machineFactory(model, onExit) -> UpstreamMachine:
+            return UpstreamMachine(
+                model,
+                reactor=self.reactor,
+                launcher=self.launcher,
+                probe=self.probe,
+                healthCheckTimeout=config.healthCheckTimeout,
+                onStateChange=self._stateChanged,
+                onOutput=self.observatory.upstreamOutput,
+                onExit=onExit,
+            )
+
+        return RouterService(config, reactor=self.reactor, machineFactory=machineFactory,
+                             observer=self.observatory, adopted=adopted,
+                             startAfter=startAfter)
+
+    def _api(self, config) -> LlamaSwapAPI:
+        return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
+                            observatory=self.observatory)
+
+    def reload(self, config=None) -> Deferred[bool]:
+        """
+        Switch to a new config without a restart: read and validate it
+        first (a bad file changes nothing and is logged); then models whose
+        launch settings are unchanged keep running and serving (their
+        in-flight requests included), removed or changed ones are stopped,
+        and requests waiting for a model fail so that clients retry.
+
+        @param config: the new config; by default the config file is read
+            again (in a thread).
+        @return: a L{Deferred} that fires with C{True} once the new config
+            serves (models it stops may still be stopping), C{False} when it
+            was refused or another reload was in progress.
+        """
+        if self._reloading:
+            self.log.warn("config reload already in progress; this one is dropped")
+            return succeed(False)
+        self._reloading = True
+        if config is not None:
+            d = succeed(config)
+        elif self.configPath is None:
+            self._reloading = False
+            return succeed(False)
+        else:
+            d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                  loadConfig, self.configPath)
+
+        def refused(f: Failure):
+            self.log.error("config reload refused, the old config keeps serving: {why}",
+                           why=f.getErrorMessage())
+            return None
+
+        def switch(new) -> bool:
+            if new is None or not self.running:
+                return False
+            for warning in new.warnings:
+                self.log.warn("config: {warning}", warning=warning)
+            old = self.router
+            adopted = old.handOver(new, lambda a, b: launchSettings(a) == launchSettings(b))
+            # Nothing new starts before the old processes are gone: a new
+            # model may well get a port an old one still holds.
+            oldStopped: Deferred[None] = Deferred()
+            self.router = self._router(new, adopted, startAfter=oldStopped)
+            self.config = new
+            self.observatory.reconfigure(new)
+            # The new router takes the old one's place in the tree (and so
+            # in the stop order); the old one stops what it kept, and a
+            # shutdown meanwhile waits for that too.
+            index = self.services.index(old)
+            old.disownServiceParent()
+            self.router.setServiceParent(self)
+            self.services.remove(self.router)
+            self.services.insert(index, self.router)
+            self.site.resource = self._api(new).resource()
+            retiring = old.adoptLeases(self.router)
+            self._retiring.add(retiring)
+
+            def retired(result: object) -> None:
+                self._retiring.discard(retiring)
+                oldStopped.callback(None)
+
+            retiring.addBoth(retired)
+            self.log.info("config reloaded: {count} models, {kept} kept running",
+                          count=len(new.models), kept=len(adopted))
+            return True
+
+        d.addErrback(refused)
+        d.addCallback(switch)
+
+        def done(result):
+            self._reloading = False
+            return result
+
+        return d.addBoth(done)
+
+
 def makeRootService(
-    config, reactor, listen: str, launcher: Launcher | None = None, daemon: bool = False
-) -> MultiService:
+    config, reactor, listen: str, launcher: Launcher | None = None, daemon: bool = False,
+    configPath: str | None = None, watchConfig: bool = False,
+) -> LlamaSwapService:
     """
     @param config: a validated L{llamaswap.config.Config}.
     @param reactor: the reactor everything runs on.
@@ -129,44 +359,11 @@ def makeRootService(
         given).
     @param daemon: this is the process's own llamaswap (run by twistd):
         C{logLevel} and C{logToStdout} then also shape twistd's log.
+    @param configPath: the file C{config} came from, read again by a
+        reload (SIGHUP, or with C{watchConfig} when it changes).
+    @param watchConfig: reload when the config file changes.
 
-    @return: the root L{MultiService}: housekeeping, the observatory (logs,
-        events, metrics), the router (which owns every upstream process)
-        and the web server, started in that order and stopped in reverse,
-        so the port closes first and the daemon exits only once every
-        upstream process group is gone.
+    @return: the root L{LlamaSwapService}.
     """
-    root = MultiService()
-    launcher = launcher if launcher is not None else Launcher(reactor)
-    probe = HealthProbe(reactor)
-    agents = UpstreamAgents(reactor)
-    _Housekeeping(launcher, agents, probe).setServiceParent(root)
-    observatory = Observatory(config, reactor, shapeOwnLog=daemon)
-    observatory.setServiceParent(root)
-
-    def stateChanged(modelId: str, old: str, new: str) -> None:
-        if new in ("stopped", "failed"):
-            agents.reset(modelId)
-        observatory.stateChanged(modelId, old, new)
-
-    def machineFactory(model, onExit) -> UpstreamMachine:
-        return UpstreamMachine(
-            model,
-            reactor=reactor,
-            launcher=launcher,
-            probe=probe,
-            healthCheckTimeout=config.healthCheckTimeout,
-            onStateChange=stateChanged,
-            onOutput=observatory.upstreamOutput,
-            onExit=onExit,
-        )
-
-    router = RouterService(
-        config, reactor=reactor, machineFactory=machineFactory, observer=observatory)
-    router.setServiceParent(root)
-    api = LlamaSwapAPI(config, router, agents, clock=reactor, observatory=observatory)
-    site = AccessLoggingSite(api.resource(), clock=reactor)
-    web = strports.service(listen, site, reactor=reactor)
-    web.setName("web")
-    web.setServiceParent(root)
-    return root
+    return LlamaSwapService(config, reactor, listen, launcher=launcher, daemon=daemon,
+                            configPath=configPath, watchConfig=watchConfig)

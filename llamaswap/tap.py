@@ -101,6 +101,8 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["version", "V", "Print the version and exit."],
+        ["watch-config", "w",
+         "Reload the config when its file changes (SIGHUP always reloads it)."],
     ]
 
     def opt_version(self) -> None:
@@ -143,4 +145,6 @@ def makeService(options: Options):
         path=options["configPath"],
         endpoint=options["endpoint"],
     )
-    return makeRootService(config, reactor, options["endpoint"], daemon=True)
+    return makeRootService(config, reactor, options["endpoint"], daemon=True,
+                           configPath=options["configPath"],
+                           watchConfig=bool(options["watch-config"]))

@@ -706,3 +706,89 @@ class PhaseTests(SynchronousTestCase):
         lease = self.successResultOf(waiting)
         self.assertEqual(lease.phases, {"queue": 2.0, "stop": 3.0, "load": 5.0})
         self.assertEqual(lease.dispatched - lease.arrived, 10.0)
+
+
+class HandOverTests(SynchronousTestCase):
+    """
+    A reload hands the machines whose launch settings did not change, and
+    their in-flight requests, to the next router; the rest are stopped.
+    """
+
+    NEW = """
+models:
+  a:
+    cmd: srv-a --port ${PORT}
+    aliases: [alpha]
+  b:
+    cmd: srv-b --changed --port ${PORT}
+  d:
+    cmd: srv-d --port ${PORT}
+"""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.log = []
+        self.factory = lambda model, onExit: FakeMachine(model, onExit, self.log)
+        self.old = RouterService(loadConfigText(CONFIG), reactor=self.clock,
+                                 machineFactory=self.factory)
+
+    def handOver(self):
+        new = loadConfigText(self.NEW)
+        adopted = self.old.handOver(new, lambda a, b: a.argv == b.argv)
+        router = RouterService(new, reactor=self.clock, machineFactory=self.factory,
+                               adopted=adopted)
+        return router, self.old.adoptLeases(router)
+
+    def test_unchangedReadyModelKeepsServing(self):
+        d = self.old.acquire("a")
+        machine = self.old.machines["a"]
+        machine.becomeReady()
+        lease = self.successResultOf(d)
+        router, retired = self.handOver()
+        self.assertIs(router.machines["a"], machine)
+        self.assertTrue(router.isReady("a"))
+        self.assertEqual(router._inFlight["a"], 1)
+        self.successResultOf(retired)
+        self.assertNotIn(("stop", "a"), self.log)
+        lease.release()
+        self.assertEqual(router._inFlight["a"], 0)
+        self.successResultOf(router.acquire("a"))
+        self.assertEqual(self.log.count(("start", "a")), 1)
+
+    def test_adoptedMachineReportsExitsToTheNewRouter(self):
+        d = self.old.acquire("a")
+        self.old.machines["a"].becomeReady()
+        self.successResultOf(d).release()
+        router, _ = self.handOver()
+        router.machines["a"].crash()
+        d = router.acquire("a")
+        self.assertEqual(self.log[-1], ("start", "a"))
+
+    def test_waitingRequestsFailSoClientsRetry(self):
+        d = self.old.acquire("b")
+        self.handOver()
+        f = self.failureResultOf(d, ModelUnloaded)
+        self.assertIn("reloaded", f.value.message)
+
+    def test_changedModelIsStopped(self):
+        d = self.old.acquire("b")
+        self.old.machines["b"].becomeReady()
+        self.successResultOf(d).release()
+        stoppedB = self.old.machines.get("b")
+        router, retired = self.handOver()
+        self.assertIsNot(router.machines["b"], stoppedB)
+        self.assertIn(("stop", "b"), self.log)
+        self.assertNoResult(retired)
+        stoppedB.finishStop()
+        self.successResultOf(retired)
+
+    def test_nothingStartsBeforeThePreviousProcessesAreGone(self):
+        gone = Deferred()
+        router = RouterService(loadConfigText(self.NEW), reactor=self.clock,
+                               machineFactory=self.factory, startAfter=gone)
+        d = router.acquire("d")
+        self.assertEqual(self.log, [])
+        gone.callback(None)
+        self.assertEqual(self.log, [("start", "d")])
+        router.machines["d"].becomeReady()
+        self.successResultOf(d)

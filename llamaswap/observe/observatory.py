@@ -154,6 +154,18 @@ class Observatory(Service):
             self._publisher.addObserver(shaped)
             self._shaped.append((original, shaped))
 
+    def reconfigure(self, config) -> None:
+        """
+        A reload switched to C{config}: the UI's model list follows it.
+        (Buffer sizes, captures and the performance monitor keep the
+        settings they started with.)
+        """
+        self.config = config
+        for modelId in list(self._states):
+            if modelId not in config.models:
+                del self._states[modelId]
+        self.bus.publish("modelStatus", self.modelStatus())
+
     # -- fed by the upstream machines ---------------------------------------
 
     def upstreamOutput(self, modelId: str, stream: str, line: str) -> None:

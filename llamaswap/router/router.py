@@ -176,6 +176,8 @@ class RouterService(Service):
         machineFactory: Callable[[object, Callable[[str, object], None]], Machine],
         planner: object = None,
         observer: object = None,
+        adopted: Optional[Dict[str, tuple]] = None,
+        startAfter: Optional[Deferred] = None,
     ) -> None:
         """
         @param config: the validated L{llamaswap.config.Config}.
@@ -185,6 +187,10 @@ class RouterService(Service):
             C{onExit(modelId, reason)} when its process exits on its own.
         @param planner: the L{ISwapPlanner} to use; by default
             C{ISwapPlanner(config.swap)}.
+        @param adopted: machines taken over from the previous router (see
+            L{handOver}): model id -> C{(machine, exit cell)}.
+        @param startAfter: fires once the previous router's machines are
+            stopped (their ports free); no machine starts before.
         @param observer: told what happens, for metrics and the UI:
             C{swapDone(modelId, seconds)}, C{inflightChanged(total)} and
             C{queueDepth(n)}; see L{RouterObserver}.
@@ -193,16 +199,35 @@ class RouterService(Service):
         self._reactor = reactor
         self.observer = observer if observer is not None else RouterObserver()
         self.planner = planner if planner is not None else ISwapPlanner(config.swap)
-        self.machines: Dict[str, Machine] = {
-            modelId: machineFactory(model, self.upstreamExited)
-            for modelId, model in config.models.items()
-        }
+        adopted = adopted or {}
+        # Each machine reports its exits through a cell naming its router,
+        # so that a machine handed to the next router (a config reload)
+        # reports to that one.
+        self._exitCells: Dict[str, list] = {}
+        self.machines: Dict[str, Machine] = {}
+        for modelId, model in config.models.items():
+            if modelId in adopted:
+                machine, cell = adopted[modelId]
+                cell[0] = self
+            else:
+                cell = [self]
+                machine = machineFactory(
+                    model, lambda m, reason, cell=cell: cell[0].upstreamExited(m, reason))
+            self.machines[modelId] = machine
+            self._exitCells[modelId] = cell
+        self._startAfter = startAfter
+        if startAfter is not None:
+            startAfter.addBoth(lambda _: self._step())
         self._ids = itertools.count(1)
         self._pending: List[_Waiter] = []
+        self._leases: set = set()
         self._lastDepth = 0
         self._inFlight: Dict[str, int] = {m: 0 for m in self.machines}
         self._admitted: Dict[str, int] = {m: 0 for m in self.machines}
-        self._idleSince: Dict[str, float] = {}
+        self._idleSince: Dict[str, float] = {
+            modelId: reactor.seconds() for modelId in adopted
+            if self.machines[modelId].state == "ready"
+        }
         self._closed: Dict[str, Close] = {}
         self._swaps: Dict[str, float] = {}  # target -> when its swap began
         self._starts: Dict[str, float] = {}  # model -> when its start began
@@ -397,6 +422,62 @@ class RouterService(Service):
         d = gatherResults(stops, consumeErrors=True)
         d.addCallback(lambda _: self.log.info("all upstreams stopped"))
         return d
+
+    def handOver(self, config, keep: Callable[[object, object], bool]) -> Dict[str, tuple]:
+        """
+        Retire this router for a new config (a reload): it takes no new
+        requests and makes no more decisions; waiting requests fail with
+        L{ModelUnloaded}; machines the new config keeps are handed over,
+        with their in-flight requests; the others are stopped.
+
+        @param config: the new config.
+        @param keep: C{keep(old, new)} says whether the machine of a model
+            whose config went from C{old} to C{new} may keep running.
+
+        @return: the C{adopted} mapping for the next router's constructor.
+            Once that router exists, call L{adoptLeases} with it.
+        """
+        self._shuttingDown = True
+        self._setWake(None)
+        pending, self._pending = self._pending, []
+        for waiter in pending:
+            if waiter.lease:
+                self._admitted[waiter.modelId] -= 1
+        adopted = {}
+        for modelId, machine in list(self.machines.items()):
+            new = config.models.get(modelId)
+            if new is not None and keep(self.config.models[modelId], new) and (
+                    modelId not in self._stops):
+                adopted[modelId] = (machine, self._exitCells[modelId])
+                del self.machines[modelId]
+        self._handedOver = set(adopted)
+        for waiter in pending:
+            waiter.deferred.errback(ModelUnloaded(
+                f"unspecific error: {waiter.modelId}: the configuration was reloaded"))
+        return adopted
+
+    def adoptLeases(self, successor: "RouterService") -> Deferred[None]:
+        """
+        Give C{successor} the in-flight requests of the machines it adopted
+        (their release now counts there), and stop every machine this
+        router kept.
+
+        @return: a L{Deferred} that fires once those are stopped.
+        """
+        for lease in list(self._leases):
+            if lease.modelId in getattr(self, "_handedOver", ()):
+                self._leases.discard(lease)
+                self._inFlight[lease.modelId] -= 1
+                successor._takeLease(lease)
+        stops = [self._stopModel(m, "reload") for m in sorted(self.machines)]
+        return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
+
+    def _takeLease(self, lease: Lease) -> None:
+        lease._onRelease = self._releaseLease
+        self._leases.add(lease)
+        self._inFlight[lease.modelId] += 1
+        self._admitted[lease.modelId] += 1
+        self._tell("inflightChanged", sum(self._inFlight.values()))
 
     # -- events -----------------------------------------------------------
 
@@ -610,12 +691,17 @@ class RouterService(Service):
         lease = Lease(
             modelId,
             self.config.models[modelId].proxy,
-            self._release,
+            self._releaseLease,
             arrived=waiter.arrived,
             dispatched=now,
             phases=self._phases(modelId, waiter.arrived, now),
         )
+        self._leases.add(lease)
         return waiter, lease
+
+    def _releaseLease(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+        self._release(lease)
 
     def _phases(self, modelId: str, arrived: float, dispatched: float) -> Dict[str, float]:
         """
@@ -688,6 +774,8 @@ class RouterService(Service):
     # -- machines ---------------------------------------------------------
 
     def _startModel(self, modelId: str, now: float) -> None:
+        if self._startAfter is not None and not self._startAfter.called:
+            return  # the previous config's processes are still stopping
         machine = self.machines[modelId]
         if machine.state not in ("stopped", "failed") or modelId in self._starts:
             return

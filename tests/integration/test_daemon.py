@@ -11,6 +11,7 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -162,3 +163,75 @@ class TwistdTests(TestCase):
             self.assertEqual([p for p in members if alive(p)], [])
 
         return Deferred.fromCoroutine(run())
+
+    def test_sighupReloadsTheConfig(self) -> Deferred[None]:
+        port = freePort()
+        path = os.path.abspath(self.mktemp())
+        python = json.dumps(sys.executable)
+        model = "  {name}:\n    cmd: |\n      " + python + " -m llamaswap.demo --port ${{PORT}}\n"
+        start = freePortRun(4)
+        with open(path, "w") as f:
+            f.write(f"startPort: {start}\nmodels:\n" + model.format(name="first"))
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        base = f"http://127.0.0.1:{port}"
+        proto = runTwistd(self, "-n", "llamaswap", "-c", path, "--listen", f"127.0.0.1:{port}")
+
+        def models() -> Deferred[set[str]]:
+            return Deferred.fromCoroutine(listedModels(http, base))
+
+        async def run() -> None:
+            await eventually(lambda: _hasModels(models, {"first"}), timeout=30)
+            with open(path, "w") as f:
+                f.write("models: {broken\n")
+            os.kill(proto.transport.pid, signal.SIGHUP)
+            await eventually(lambda: b"config reload refused" in proto.output, timeout=10)
+            self.assertEqual(await models(), {"first"})
+            with open(path, "w") as f:
+                f.write(f"startPort: {start}\nmodels:\n" + model.format(name="first")
+                        + model.format(name="second"))
+            os.kill(proto.transport.pid, signal.SIGHUP)
+            await eventually(lambda: _hasModels(models, {"first", "second"}), timeout=10)
+            os.kill(proto.transport.pid, signal.SIGTERM)
+            await proto.ended
+
+        return Deferred.fromCoroutine(run())
+
+    def test_watchConfigReloadsOnChange(self) -> Deferred[None]:
+        port = freePort()
+        path = os.path.abspath(self.mktemp())
+        python = json.dumps(sys.executable)
+        model = "  {name}:\n    cmd: |\n      " + python + " -m llamaswap.demo --port ${{PORT}}\n"
+        with open(path, "w") as f:
+            f.write("models:\n" + model.format(name="first"))
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        base = f"http://127.0.0.1:{port}"
+        runTwistd(self, "-n", "llamaswap", "--watch-config", "-c", path,
+                  "--listen", f"127.0.0.1:{port}")
+
+        def models() -> Deferred[set[str]]:
+            return Deferred.fromCoroutine(listedModels(http, base))
+
+        async def run() -> None:
+            await eventually(lambda: _hasModels(models, {"first"}), timeout=30)
+            await deferLater(reactor, 0.5, lambda: None)
+            with open(path, "w") as f:
+                f.write("models:\n" + model.format(name="renamed"))
+            await eventually(lambda: _hasModels(models, {"renamed"}), timeout=15)
+
+        return Deferred.fromCoroutine(run())
+
+
+async def listedModels(http, base: str) -> set[str]:
+    """
+    @return: the ids C{GET /v1/models} lists (none while nothing answers).
+    """
+    try:
+        response = await http.get(base + "/v1/models")
+        return {m["id"] for m in json.loads(await response.content())["data"]}
+    except Exception:
+        return set()
+
+
+async def _hasModels(models, expected: set[str]) -> bool:
+    return await models() == expected

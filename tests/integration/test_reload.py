@@ -1,0 +1,73 @@
+"""
+Reloading the config of a running llamaswap: unchanged models keep running
+and serving, changed and removed ones are stopped, a bad file changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from llamaswap.config import loadConfigText
+from tests.integration.support import InProcessDaemon, alive, demoModels
+
+GROUP = """
+groups:
+  all:
+    swap: false
+    members: [{members}]
+"""
+
+
+def run(test):
+    def wrapper(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(test(self))
+
+    wrapper.__name__ = test.__name__
+    return wrapper
+
+
+class ReloadTests(TestCase):
+    timeout = 60
+
+    @run
+    async def test_unchangedModelsKeepRunning(self) -> None:
+        daemon = InProcessDaemon(
+            self, demoModels(["keep", "change", "drop"]) + GROUP.format(members="keep, change, drop"))
+        keep = await daemon.chatPid("keep")
+        change = await daemon.chatPid("change")
+        drop = await daemon.chatPid("drop")
+        # Ports go to models in sorted order: with as many models before
+        # "keep" as before, it keeps its port, so its settings are unchanged.
+        new = loadConfigText(
+            f"startPort: {daemon.config.startPort}\n"
+            + demoModels(["keep"])
+            + demoModels(["change", "added"], "--tokens 3").replace("models:\n", "")
+            + GROUP.format(members="keep, change, added"))
+        self.assertEqual(new.models["keep"], daemon.config.models["keep"])
+        self.assertTrue(await daemon.root.reload(new))
+
+        self.assertEqual(await daemon.chatPid("keep"), keep)
+        # A request for the changed model waits for its old process to go.
+        self.assertNotEqual(await daemon.chatPid("change"), change)
+        self.assertFalse(alive(change))
+        self.assertFalse(alive(drop))
+        await daemon.chatPid("added")
+        response, body = await daemon.chat("drop")
+        self.assertEqual(response.code, 404)
+        listing = await daemon.getJSON("/v1/models")
+        self.assertEqual(sorted(m["id"] for m in listing["data"]), ["added", "change", "keep"])
+
+    @run
+    async def test_badFileChangesNothing(self) -> None:
+        daemon = InProcessDaemon(self, demoModels(["m"]))
+        pid = await daemon.chatPid("m")
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("models:\n  m:\n    cmd: srv\n    ttl: soon\n")
+        daemon.root.configPath = path
+        self.assertFalse(await daemon.root.reload())
+        self.assertEqual(await daemon.chatPid("m"), pid)
