@@ -23,6 +23,7 @@ from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.web.app import LlamaSwapAPI
+from llamaswap.web.ui import UIResource, staticPath
 
 
 class LlamaSwapRequest(Request):
@@ -225,6 +226,7 @@ class LlamaSwapService(MultiService):
         _Housekeeping(self.launcher, self.agents, self.probe).setServiceParent(self)
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
+        self.ui = UIResource(staticPath())
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
@@ -269,7 +271,7 @@ class LlamaSwapService(MultiService):
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
-                            observatory=self.observatory)
+                            observatory=self.observatory, ui=self.ui)
 
     def reload(self, config=None) -> Deferred[bool]:
         """

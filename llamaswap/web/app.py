@@ -179,6 +179,8 @@ class LlamaSwapAPI:
     @param clock: schedules the loading-state stream's output.
     @param now: returns the current POSIX time (for C{created} fields).
     @param staticDir: the web UI's files (default: the bundled ones).
+    @param ui: the web UI's resource, when the caller already has one
+        (its files are read when it is made).
     @param observatory: the L{llamaswap.observe.observatory.Observatory}
         that meters relayed requests and serves logs, events and metrics
         (without one, those routes answer 404).
@@ -197,13 +199,14 @@ class LlamaSwapAPI:
         now: Callable[[], float] = time.time,
         staticDir: str | None = None,
         observatory=None,
+        ui: UIResource | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.agents = agents
         self.clock = clock
         self.now = now
-        self.uiResource = UIResource(staticDir or staticPath())
+        self.uiResource = ui if ui is not None else UIResource(staticDir or staticPath())
         self.peers = PeerDirectory.fromConfig(config)
         self.observatory = observatory
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
