@@ -11,10 +11,11 @@ first byte minus the upstream's own time for that request), p50/p99.  The
 same workload on a config where every model may run at once (no swaps) is
 the baseline.
 
-Swap overhead: C{--swaps} times, a request for a cold model (the other one
-loaded) is timed to its first byte, minus the upstream's own time from spawn
-to ready measured directly (the demo started by hand, its /health polled
-every millisecond), p50.
+Swap overhead: C{--swaps} times, a request for a cold model is timed to its
+first byte, with nothing loaded (after an unload) and with the other model
+loaded (which must stop first), minus the upstream's own time from spawn to
+ready, and from SIGTERM to exit, measured directly (the demo started by
+hand, its /health polled every millisecond), p50.
 """
 
 from __future__ import annotations
@@ -138,7 +139,13 @@ async def directSpawnToReady(reactor, runs: int) -> tuple[list[float], list[floa
     return times, stops
 
 
-async def swapOverhead(reactor, runs: int) -> tuple[list[float], tuple[list[float], list[float]]]:
+async def swapOverhead(reactor, runs: int):
+    """
+    @return: C{(swaps, colds, (ready, stops))}: request-to-first-byte
+        times of swaps (the other model loaded) and of cold starts (nothing
+        loaded, after an unload), and the demo's own spawn-to-ready and
+        SIGTERM-to-exit times measured by hand.
+    """
     daemon = Daemon(reactor, config(["cold-a", "cold-b"], together=False))
     await daemon.start()
     try:
@@ -151,10 +158,16 @@ async def swapOverhead(reactor, runs: int) -> tuple[list[float], tuple[list[floa
                                      chatBody(name, max_tokens=1))
             if i:  # the first is a start, not a swap
                 times.append(ttfb - upstreamTime)
+        colds = []
+        for i in range(runs):
+            await fetch(client, daemon.base + "/api/models/unload", b"")
+            _, _, ttfb = await fetch(client, daemon.base + "/v1/chat/completions",
+                                     chatBody("cold-a", max_tokens=1))
+            colds.append(ttfb - upstreamTime)
         await pool.closeCachedConnections()
     finally:
         await daemon.stop()
-    return times, await directSpawnToReady(reactor, runs)
+    return times, colds, await directSpawnToReady(reactor, runs)
 
 
 async def main(reactor, args) -> None:
@@ -168,8 +181,13 @@ async def main(reactor, args) -> None:
     for name, r in (("one at a time", swapped), ("no swaps", baseline)):
         print(f"  {name:14} starts {r['starts']:3}   total {r['total']:6.2f} s"
               f"   wait p50 {r['p50'] * 1e3:7.1f} ms   p99 {r['p99'] * 1e3:7.1f} ms")
-    swaps, (ready, stops) = await swapOverhead(reactor, args.swaps)
+    swaps, colds, (ready, stops) = await swapOverhead(reactor, args.swaps)
     r50, t50, s50 = percentile(ready, 50), percentile(stops, 50), percentile(swaps, 50)
+    c50 = percentile(colds, 50)
+    print(f"cold start, {args.swaps} times (nothing loaded: unload, then a request)")
+    print(f"  upstream's own spawn-to-ready       p50 {r50 * 1e3:7.1f} ms")
+    print(f"  request to first byte               p50 {c50 * 1e3:7.1f} ms")
+    print(f"  overhead beyond spawn-to-ready      p50 {(c50 - r50) * 1e3:7.1f} ms")
     print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other)")
     print(f"  upstream's own spawn-to-ready       p50 {r50 * 1e3:7.1f} ms")
     print(f"  upstream's own SIGTERM-to-exit      p50 {t50 * 1e3:7.1f} ms")
