@@ -21,15 +21,23 @@ hand, its /health polled every millisecond), p50.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import ProcessProtocol
 
-from support import PYTHON, Daemon, agent, chatBody, fetch, freePort, percentile
+from support import (
+    PYTHON,
+    ROOT,
+    Daemon,
+    DirectServer,
+    agent,
+    chatBody,
+    fetch,
+    freePort,
+    percentile,
+)
 
 TOKENS = 8
 TOKEN_DELAY = 0.005  # each request keeps its upstream busy about 40 ms
@@ -97,14 +105,6 @@ async def churn(reactor, models: list[str], order: list[str], together: bool) ->
         await daemon.stop()
 
 
-class _Demo(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred = Deferred()
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(None)
-
-
 async def directSpawnToReady(reactor, runs: int) -> tuple[list[float], list[float]]:
     """
     @return: the demo's own spawn-to-ready times and its SIGTERM-to-exit
@@ -112,30 +112,13 @@ async def directSpawnToReady(reactor, runs: int) -> tuple[list[float], list[floa
     """
     import sys
 
-    from support import ROOT
-
     times, stops = [], []
     for _ in range(runs):
         port = freePort()
-        demo = _Demo()
-        argv = [sys.executable, "-m", "llamaswap.demo", "--port", str(port)]
-        start = time.perf_counter()
-        transport = reactor.spawnProcess(demo, argv[0], argv, env=dict(os.environ), path=ROOT)
-        probe, pool = agent(reactor, persistent=False)
-        url = f"http://127.0.0.1:{port}/health".encode()
-        while True:
-            try:
-                response = await probe.request(b"GET", url)
-                if response.code == 200:
-                    break
-            except Exception:
-                pass
-            await task.deferLater(reactor, 0.001, lambda: None)
-        times.append(time.perf_counter() - start)
-        stopping = time.perf_counter()
-        transport.signalProcess("TERM")
-        await demo.ended
-        stops.append(time.perf_counter() - stopping)
+        demo = DirectServer(reactor, [sys.executable, "-m", "llamaswap.demo", "--port", str(port)],
+                            port, path=ROOT)
+        times.append(await demo.start())
+        stops.append(await demo.stop())
     return times, stops
 
 

@@ -43,9 +43,8 @@ import time
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import ProcessProtocol
 
-from support import Daemon, agent, fetch, freePort, percentile
+from support import Daemon, DirectServer, agent, fetch, freePort, percentile
 
 CACHE = os.environ.get("LLAMASWAP_CACHE") or os.path.join(
     os.path.expanduser("~"), ".cache", "llamaswap")
@@ -152,14 +151,6 @@ async def throughput(reactor, args, binary: str, gguf: str) -> None:
           f" min {min(ratios):.3f}x max {max(ratios):.3f}x   (target >= 0.98)")
 
 
-class _Server(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred = Deferred()
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(None)
-
-
 async def direct(reactor, binary: str, gguf: str, extra: tuple[str, ...],
                  runs: int) -> dict[str, list[float]]:
     """
@@ -169,30 +160,13 @@ async def direct(reactor, binary: str, gguf: str, extra: tuple[str, ...],
     times: dict[str, list[float]] = {"ready": [], "first": [], "stop": []}
     for _ in range(runs):
         port = freePort()
-        server = _Server()
-        args = argv(binary, gguf, port, *extra)
-        start = time.perf_counter()
-        transport = reactor.spawnProcess(server, args[0], args, env=dict(os.environ))
-        probe, pool = agent(reactor, persistent=False)
-        url = f"http://127.0.0.1:{port}/health".encode()
-        while True:
-            try:
-                response = await probe.request(b"GET", url)
-                if response.code == 200:
-                    break
-            except Exception:
-                pass
-            if server.ended.called:
-                raise RuntimeError(f"{args} exited before it was ready")
-            await task.deferLater(reactor, 0.001, lambda: None)
-        times["ready"].append(time.perf_counter() - start)
+        server = DirectServer(reactor, argv(binary, gguf, port, *extra), port)
+        times["ready"].append(await server.start())
+        probe, _ = agent(reactor, persistent=False)
         first = time.perf_counter()
         await fetch(probe, f"http://127.0.0.1:{port}/v1/chat/completions", body("m", 1, False))
         times["first"].append(time.perf_counter() - first)
-        stopping = time.perf_counter()
-        transport.signalProcess("TERM")
-        await server.ended
-        times["stop"].append(time.perf_counter() - stopping)
+        times["stop"].append(await server.stop())
     return times
 
 

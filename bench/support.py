@@ -154,3 +154,52 @@ class Daemon(ProcessProtocol):
         @return: how many lines of the daemon's log contain C{needle}.
         """
         return sum(1 for line in self.output.splitlines() if needle in line)
+
+
+class DirectServer(ProcessProtocol):
+    """
+    An upstream started by hand (no llamaswap), timed from spawn to ready
+    and from SIGTERM to exit.
+    """
+
+    def __init__(self, reactor, argv: list[str], port: int, path: str | None = None) -> None:
+        self.reactor = reactor
+        self.argv = argv
+        self.port = port
+        self.path = path
+        self.ended: Deferred = Deferred()
+        self.transport = None
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+    async def start(self) -> float:
+        """
+        Spawn it and poll its C{/health} every millisecond.
+
+        @return: seconds from spawn to the first 200.
+        """
+        start = time.perf_counter()
+        self.reactor.spawnProcess(self, self.argv[0], self.argv, env=dict(os.environ),
+                                  path=self.path)
+        probe, _ = agent(self.reactor, persistent=False)
+        url = f"http://127.0.0.1:{self.port}/health".encode()
+        while True:
+            try:
+                response = await probe.request(b"GET", url)
+                if response.code == 200:
+                    return time.perf_counter() - start
+            except Exception:
+                pass
+            if self.ended.called:
+                raise RuntimeError(f"{self.argv} exited before it was ready")
+            await task.deferLater(self.reactor, 0.001, lambda: None)
+
+    async def stop(self) -> float:
+        """
+        @return: seconds from SIGTERM to its exit.
+        """
+        stopping = time.perf_counter()
+        self.transport.signalProcess("TERM")
+        await self.ended
+        return time.perf_counter() - stopping
