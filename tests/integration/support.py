@@ -15,6 +15,22 @@ from twisted.internet.task import deferLater
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def asyncTest(test):
+    """
+    Decorate an C{async def} test method: trial runs its coroutine as a
+    L{Deferred}.
+    """
+    from functools import wraps
+
+    from twisted.internet.defer import Deferred
+
+    @wraps(test)
+    def wrapper(self):
+        return Deferred.fromCoroutine(test(self))
+
+    return wrapper
+
+
 def freePort() -> int:
     """
     @return: a TCP port on 127.0.0.1 that was free a moment ago.

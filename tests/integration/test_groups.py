@@ -7,25 +7,13 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
-from tests.integration.support import InProcessDaemon, alive, demoModels
-
-
-def run(test):
-    """
-    Run an async test method's coroutine as a Deferred.
-    """
-
-    def wrapper(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(test(self))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
+from tests.integration.support import alive, asyncTest, demoModels, InProcessDaemon
 
 
 class GroupTests(TestCase):
     timeout = 60
 
-    @run
+    @asyncTest
     async def test_swapFalseRunsMembersTogether(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["a", "b"]) + """
 groups:
@@ -39,7 +27,7 @@ groups:
         running = await daemon.getJSON("/running")
         self.assertEqual([r["model"] for r in running["running"]], ["a", "b"])
 
-    @run
+    @asyncTest
     async def test_exclusiveGroupStopsTheOtherGroup(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["a", "b"]) + """
 groups:
@@ -50,7 +38,7 @@ groups:
         await daemon.chatPid("b")
         self.assertFalse(alive(pidA))
 
-    @run
+    @asyncTest
     async def test_nonExclusiveGroupLeavesOthersRunning(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["a", "b"]) + """
 groups:
@@ -61,7 +49,7 @@ groups:
         pidB = await daemon.chatPid("b")
         self.assertTrue(alive(pidA) and alive(pidB))
 
-    @run
+    @asyncTest
     async def test_persistentGroupSurvivesOtherSwaps(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["p", "x", "y"]) + """
 groups:
@@ -78,7 +66,7 @@ groups:
 class MatrixTests(TestCase):
     timeout = 60
 
-    @run
+    @asyncTest
     async def test_coResidentSetThenEviction(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["chat", "embed", "big"]) + """
 matrix:
@@ -97,7 +85,7 @@ matrix:
 class CollationTests(TestCase):
     timeout = 90
 
-    @run
+    @asyncTest
     async def test_interleavedRequestsStartEachModelOnce(self) -> None:
         """
         A B C A B C ... sent together on a one-at-a-time config is served
@@ -113,7 +101,7 @@ class CollationTests(TestCase):
             byModel.setdefault(name, set()).add(pid)
         self.assertEqual({name: len(p) for name, p in byModel.items()}, {"a": 1, "b": 1, "c": 1})
 
-    @run
+    @asyncTest
     async def test_clientThatLeavesWhileWaitingStartsNothing(self) -> None:
         """
         A request for b waits while a serves a long answer; its client goes

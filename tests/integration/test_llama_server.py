@@ -27,11 +27,12 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from tests.integration.support import (
-    PROJECT_ROOT,
-    InProcessDaemon,
     alive,
+    asyncTest,
     freePort,
     groupMembers,
+    InProcessDaemon,
+    PROJECT_ROOT,
 )
 
 CACHE = os.environ.get("LLAMASWAP_CACHE") or os.path.join(
@@ -143,18 +144,6 @@ def tokens(events: list[object]) -> list[str]:
     return out
 
 
-def run(test):
-    """
-    Run an async test method's coroutine as a Deferred.
-    """
-
-    def wrapper(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(test(self))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
-
-
 class _Server(ProcessProtocol):
     def __init__(self) -> None:
         self.ended: Deferred[None] = Deferred()
@@ -224,7 +213,7 @@ class LlamaServerTests(TestCase):
         [pid] = [r["pid"] for r in running["running"] if r["model"] == model]
         return pid
 
-    @run
+    @asyncTest
     async def test_streamEqualsDirectTokenForToken(self) -> None:
         """
         A streamed chat completion through llamaswap is, token for token,
@@ -262,7 +251,7 @@ class LlamaServerTests(TestCase):
         self.assertAlmostEqual(entry["tokens"]["tokens_per_second"],
                                final["timings"]["predicted_per_second"], places=3)
 
-    @run
+    @asyncTest
     async def test_jsonBodyCarriesTimings(self) -> None:
         """
         A non-streamed answer is relayed whole, with llama-server's
@@ -281,7 +270,7 @@ class LlamaServerTests(TestCase):
         self.assertEqual(entry["tokens"]["output_tokens"], MAX_TOKENS)
         self.assertGreater(entry["tokens"]["prompt_per_second"], 0)
 
-    @run
+    @asyncTest
     async def test_swapBetweenRealModels(self) -> None:
         """
         Asking for the other model stops the first llama-server (its pid is
@@ -303,7 +292,7 @@ class LlamaServerTests(TestCase):
                          [("second", "ready")])
         self.assertTrue(alive(await self.pidOf(daemon, "second")))
 
-    @run
+    @asyncTest
     async def test_openaiSDK(self) -> None:
         """
         The official C{openai} client, pointed at llamaswap running
@@ -358,7 +347,7 @@ class LlamaServerTests(TestCase):
         running = await daemon.getJSON("/running")
         self.assertEqual([r["model"] for r in running["running"]], ["smollm2", "smollm2-embed"])
 
-    @run
+    @asyncTest
     async def test_upstreamRoute(self) -> None:
         """
         C{/upstream/<model>/...} loads the model and reaches llama-server's
@@ -377,7 +366,7 @@ class LlamaServerTests(TestCase):
         running = await daemon.getJSON("/running")
         self.assertEqual([r["model"] for r in running["running"]], ["smollm2"])
 
-    @run
+    @asyncTest
     async def test_noLlamaServerSurvivesStopService(self) -> None:
         """
         With two llama-servers loaded side by side, C{stopService} leaves

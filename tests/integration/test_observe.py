@@ -10,20 +10,11 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.integration.support import InProcessDaemon, demoModels, eventually
-
-
-def run(test):
-    def wrapper(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(test(self))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
+from tests.integration.support import asyncTest, demoModels, eventually, InProcessDaemon
 
 
 class Collect(Protocol):
@@ -54,7 +45,7 @@ class ObserveTests(TestCase):
         response.deliverBody(collect)  # ended by the daemon's shutdown in cleanup
         return collect
 
-    @run
+    @asyncTest
     async def test_tokenMetricsOfAStreamedAnswer(self) -> None:
         response, body = await self.daemon.chat(
             "obs", stream=True, stream_options={"include_usage": True})
@@ -69,7 +60,7 @@ class ObserveTests(TestCase):
         capture = await self.daemon.getJSON(f"/api/captures/{entry['id']}")
         self.assertEqual(capture["req_path"], "/v1/chat/completions")
 
-    @run
+    @asyncTest
     async def test_serverTimingPhasesAddUp(self) -> None:
         response, _ = await self.daemon.chat("obs")
         [header] = response.headers.getRawHeaders(b"server-timing")
@@ -82,7 +73,7 @@ class ObserveTests(TestCase):
         parts = phases["queue"] + phases["stop"] + phases["load"] + phases["ttfb"]
         self.assertLessEqual(parts, phases["total"] + 0.3)  # rounding to 0.1 ms each
 
-    @run
+    @asyncTest
     async def test_prometheusSeries(self) -> None:
         await self.daemon.chat("obs")
         response = await self.daemon.http.get(self.daemon.base + "/metrics")
@@ -93,7 +84,7 @@ class ObserveTests(TestCase):
                      "llamaswap_queue_depth", "llamaswap_phase_seconds"):
             self.assertIn(name, names)
 
-    @run
+    @asyncTest
     async def test_modelLogStreamShowsNewLinesAtOnce(self) -> None:
         await self.daemon.chat("obs")
         collect = await self.stream("/logs/stream/obs?no-history")
@@ -102,20 +93,20 @@ class ObserveTests(TestCase):
         await self.daemon.chat("obs")
         await eventually(lambda: b"POST /v1/chat/completions" in collect.data, timeout=5)
 
-    @run
+    @asyncTest
     async def test_proxyLogHasAccessLines(self) -> None:
         await self.daemon.chat("obs")
         response = await self.daemon.http.get(self.daemon.base + "/logs")
         text = (await response.content()).decode()
         self.assertIn('"POST /v1/chat/completions HTTP/1.1" 200', text)
 
-    @run
+    @asyncTest
     async def test_unknownLoggerIs400(self) -> None:
         response = await self.daemon.http.get(self.daemon.base + "/logs/stream/nope")
         self.assertEqual(response.code, 400)
         self.assertIn(b"invalid logger", await response.content())
 
-    @run
+    @asyncTest
     async def test_eventsStartWithTheInitialBurst(self) -> None:
         collect = await self.stream("/api/events")
         await eventually(lambda: collect.data.count(b"\n\n") >= 5, timeout=5)
@@ -125,7 +116,7 @@ class ObserveTests(TestCase):
         await self.daemon.chat("obs")
         await eventually(lambda: b'modelStatus' in collect.data.split(b"\n\n", 5)[-1], timeout=5)
 
-    @run
+    @asyncTest
     async def test_performanceSamples(self) -> None:
         await eventually(lambda: self.daemon.root.getServiceNamed(
             "observatory").performance.latest() is not None, timeout=10)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from llamaswap.config import loadConfigText
-from tests.integration.support import InProcessDaemon, alive, demoModels
+from tests.integration.support import alive, asyncTest, demoModels, InProcessDaemon
 
 GROUP = """
 groups:
@@ -22,18 +21,10 @@ groups:
 """
 
 
-def run(test):
-    def wrapper(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(test(self))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
-
-
 class ReloadTests(TestCase):
     timeout = 60
 
-    @run
+    @asyncTest
     async def test_unchangedModelsKeepRunning(self) -> None:
         daemon = InProcessDaemon(
             self, demoModels(["keep", "change", "drop"]) + GROUP.format(members="keep, change, drop"))
@@ -61,7 +52,7 @@ class ReloadTests(TestCase):
         listing = await daemon.getJSON("/v1/models")
         self.assertEqual(sorted(m["id"] for m in listing["data"]), ["added", "change", "keep"])
 
-    @run
+    @asyncTest
     async def test_badFileChangesNothing(self) -> None:
         daemon = InProcessDaemon(self, demoModels(["m"]))
         pid = await daemon.chatPid("m")

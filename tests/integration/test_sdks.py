@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import io
 
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.integration.support import InProcessDaemon, demoModels
+from tests.integration.support import asyncTest, demoModels, InProcessDaemon
 
 try:
     import anthropic
@@ -23,14 +22,6 @@ except ImportError:  # pragma: no cover - the test extra installs both
     openai = anthropic = None
 
 KEY = "sdk-secret"
-
-
-def run(test):
-    def wrapper(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(test(self))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
 
 
 class SDKTests(TestCase):
@@ -48,7 +39,7 @@ class SDKTests(TestCase):
         self.addCleanup(self.openai.close)
         self.addCleanup(self.anthropic.close)
 
-    @run
+    @asyncTest
     async def test_chat(self) -> None:
         answer = await deferToThread(
             self.openai.chat.completions.create,
@@ -56,7 +47,7 @@ class SDKTests(TestCase):
         self.assertEqual(answer.usage.completion_tokens, 6)
         self.assertTrue(answer.choices[0].message.content.strip())
 
-    @run
+    @asyncTest
     async def test_streamedChat(self) -> None:
         def stream() -> tuple[str, object]:
             chunks = self.openai.chat.completions.create(
@@ -74,20 +65,20 @@ class SDKTests(TestCase):
         self.assertEqual(len(text.split()), 6)
         self.assertEqual(usage.completion_tokens, 6)
 
-    @run
+    @asyncTest
     async def test_responses(self) -> None:
         answer = await deferToThread(self.openai.responses.create, model="chat", input="hello")
         self.assertTrue(answer.output_text.strip())
         self.assertEqual(answer.usage.output_tokens, 6)
 
-    @run
+    @asyncTest
     async def test_embeddings(self) -> None:
         answer = await deferToThread(
             self.openai.embeddings.create, model="chat", input=["a", "b"])
         self.assertEqual(len(answer.data), 2)
         self.assertEqual(len(answer.data[0].embedding), 8)
 
-    @run
+    @asyncTest
     async def test_transcriptionUpload(self) -> None:
         audio = io.BytesIO(bytes(range(256)) * 1000)
         audio.name = "speech.wav"
@@ -95,13 +86,13 @@ class SDKTests(TestCase):
             self.openai.audio.transcriptions.create, model="voice", file=audio)
         self.assertTrue(answer.text)
 
-    @run
+    @asyncTest
     async def test_imageGeneration(self) -> None:
         answer = await deferToThread(
             self.openai.images.generate, model="voice", prompt="a llama")
         self.assertTrue(answer.data[0].b64_json)
 
-    @run
+    @asyncTest
     async def test_anthropicStreamedMessage(self) -> None:
         def stream() -> tuple[str, object]:
             with self.anthropic.messages.stream(
@@ -115,14 +106,14 @@ class SDKTests(TestCase):
         self.assertEqual(len(text.split()), 6)
         self.assertEqual(message.usage.output_tokens, 6)
 
-    @run
+    @asyncTest
     async def test_anthropicCountTokens(self) -> None:
         answer = await deferToThread(
             self.anthropic.messages.count_tokens, model="chat",
             messages=[{"role": "user", "content": "one two three"}])
         self.assertGreater(answer.input_tokens, 0)
 
-    @run
+    @asyncTest
     async def test_wrongKeyIsRefused(self) -> None:
         client = openai.OpenAI(base_url=self.daemon.base + "/v1", api_key="wrong",
                                max_retries=0)
@@ -136,7 +127,7 @@ class SDKTests(TestCase):
 class PeerTests(TestCase):
     timeout = 120
 
-    @run
+    @asyncTest
     async def test_secondLlamaswapAsAPeer(self) -> None:
         far = InProcessDaemon(self, "apiKeys: [far-key]\n" + demoModels(["far-model"]))
         near = InProcessDaemon(self, demoModels(["near-model"]) + f"""
