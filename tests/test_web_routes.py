@@ -249,3 +249,29 @@ class RoutesTests(SynchronousTestCase):
         self.assertEqual(records["remote"]["name"], "p: remote")
         self.assertEqual(records["remote"]["meta"], {"llamaswap": {"peerID": "p"}})
         self.assertEqual(records["m"]["owned_by"], "llama-swap")
+
+    def test_everyProtectedRouteNeedsAKey(self):
+        from llamaswap.web.app import BODY_ROUTES, QUERY_ROUTES, V_ROUTES
+
+        routes = [("POST", p) for p in BODY_ROUTES + V_ROUTES]
+        routes += [("GET", p + "?model=m") for p in QUERY_ROUTES]
+        routes += [("GET", p) for p in ("/v1/models", "/running", "/logs", "/logs/stream",
+                                        "/api/events", "/api/metrics", "/api/captures/1",
+                                        "/api/performance", "/api/version", "/unload")]
+        routes += [("POST", p) for p in ("/api/models/unload", "/api/models/unload/m",
+                                         "/api/models/load/m")]
+        routes += [(method, "/upstream/m/props") for method in ("GET", "POST", "DELETE")]
+        for key in (None, "wrong"):
+            for method, path in routes:
+                response, _ = self.send(method, path, b"{}" if method == "POST" else None,
+                                        key=key)
+                self.assertEqual(response.code, 401, (key, method, path))
+        self.assertEqual(self.router.machines["m"].state, "stopped")
+
+    def test_openRoutesNeedNoKey(self):
+        for path in ("/health", "/wol-health", "/ui/", "/"):
+            response, _ = self.send("GET", path, key=None)
+            self.assertIn(response.code, (200, 302), path)
+        # No observatory here: /metrics is 404, but not refused.
+        response, _ = self.send("GET", "/metrics", key=None)
+        self.assertNotEqual(response.code, 401)
