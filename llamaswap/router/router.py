@@ -410,18 +410,27 @@ class RouterService(Service):
             group is gone.
         """
         super().stopService()
+        for waiter in self._retire():
+            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
+        stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
+        d = gatherResults(stops, consumeErrors=True)
+        d.addCallback(lambda _: self.log.info("all upstreams stopped"))
+        return d
+
+    def _retire(self) -> List[_Waiter]:
+        """
+        Take no more requests and make no more decisions.
+
+        @return: the requests that were waiting (their slots given back),
+            for the caller to fail.
+        """
         self._shuttingDown = True
         self._setWake(None)
         pending, self._pending = self._pending, []
         for waiter in pending:
             if waiter.lease:
                 self._admitted[waiter.modelId] -= 1
-        for waiter in pending:
-            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
-        stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
-        d = gatherResults(stops, consumeErrors=True)
-        d.addCallback(lambda _: self.log.info("all upstreams stopped"))
-        return d
+        return pending
 
     def handOver(self, config, keep: Callable[[object, object], bool]) -> Dict[str, tuple]:
         """
@@ -437,12 +446,7 @@ class RouterService(Service):
         @return: the C{adopted} mapping for the next router's constructor.
             Once that router exists, call L{adoptLeases} with it.
         """
-        self._shuttingDown = True
-        self._setWake(None)
-        pending, self._pending = self._pending, []
-        for waiter in pending:
-            if waiter.lease:
-                self._admitted[waiter.modelId] -= 1
+        pending = self._retire()
         adopted = {}
         for modelId, machine in list(self.machines.items()):
             new = config.models.get(modelId)
