@@ -14,12 +14,16 @@ import sys
 import tempfile
 import time
 
+from zope.interface import implementer
+
 from twisted.internet import task
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -93,10 +97,25 @@ async def fetch(agent: Agent, url: str, body: bytes, onData=None):
     return response, data, (first[0] if first else time.perf_counter() - start)
 
 
+@implementer(IAgentEndpointFactory)
+class _LoopbackEndpoints:
+    """
+    Plain TCP endpoints: a refused connection fails at once (an L{Agent}'s
+    default L{HostnameEndpoint} takes its 0.3 s attempt delay to say so,
+    which would inflate every "direct" spawn-to-ready time).
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def endpointForURI(self, uri):
+        return TCP4ClientEndpoint(self.reactor, uri.host.decode(), uri.port)
+
+
 def agent(reactor, persistent: bool = True, perHost: int = 1) -> tuple[Agent, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = perHost
-    return Agent(reactor, pool=pool), pool
+    return Agent.usingEndpointFactory(reactor, _LoopbackEndpoints(reactor), pool=pool), pool
 
 
 class Daemon(ProcessProtocol):

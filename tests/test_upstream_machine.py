@@ -117,7 +117,7 @@ class StartTests(MachineTestCase):
     def test_probeImmediatelyThenBackoff(self) -> None:
         """
         The first probe goes out at once, the next ones after 5 ms doubling
-        up to 20 ms; a 200 makes the upstream ready.
+        up to 10 ms; a 200 makes the upstream ready.
         """
         machine = self.machine()
         started = machine.start()
@@ -129,7 +129,7 @@ class StartTests(MachineTestCase):
             [delay] = self.probeDelays()
             delays.append(delay)
             self.clock.advance(delay)
-        self.assertEqual(delays, [0.005, 0.01, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02])
+        self.assertEqual(delays, [0.005, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
         self.assertEqual(len(self.probe.checks), 9)
         self.assertNoResult(started)
         self.probe.answer(True)
@@ -354,9 +354,10 @@ class StartTests(MachineTestCase):
 class StartFailureTests(MachineTestCase):
     def test_healthTimeout(self) -> None:
         """
-        Past healthCheckTimeout the waiters get "health check timed out
-        after 15s", probing stops, the group gets SIGTERM and, 5 s later,
-        SIGKILL; the state is failed only once the group is gone.
+        Past healthCheckTimeout probing stops, the group gets SIGTERM and,
+        5 s later, SIGKILL; the state is failed only once the group is gone,
+        and only then do the waiters get "health check timed out after
+        15s" (nothing is left of the start when a client hears of it).
         """
         machine = self.machine(healthCheckTimeout=15)
         started = machine.start()
@@ -365,7 +366,7 @@ class StartFailureTests(MachineTestCase):
             if self.probe.pending:
                 self.probe.answer(False)
             self.clock.advance(min(PROBE_MAX_DELAY, 15 - self.clock.seconds()))
-        self.assertEqual(self.startError(started), "health check timed out after 15s")
+        self.assertNoResult(started)
         self.assertEqual(self.probe.pending, [])
         self.assertEqual(self.probeDelays(), [])
         self.assertEqual(machine.state, "stopping")
@@ -377,6 +378,7 @@ class StartFailureTests(MachineTestCase):
         self.assertEqual(machine.state, "stopping")
         self.launcher.last.exit(signal=9)
         self.assertEqual(machine.state, "failed")
+        self.assertEqual(self.startError(started), "health check timed out after 15s")
         self.assertIsNone(machine.pid)
         self.assertEqual(
             self.transitions,
@@ -394,11 +396,11 @@ class StartFailureTests(MachineTestCase):
         started = machine.start()
         self.assertEqual(len(self.probe.pending), 1)
         self.clock.advance(120)
-        self.assertEqual(self.startError(started), "health check timed out after 2m0s")
         self.assertEqual(self.probe.cancelled, ["http://localhost:5800/health"])
         self.assertEqual(self.probe.pending, [])
         self.launcher.last.exit(signal=15)
         self.assertEqual(machine.state, "failed")
+        self.assertEqual(self.startError(started), "health check timed out after 2m0s")
         self.assertEqual(self.launcher.signalsTo(machine.pid or 4000), [TERM])
 
     def test_failureLogsOutputTail(self) -> None:
@@ -442,6 +444,31 @@ class StartFailureTests(MachineTestCase):
             [("stopped", "starting"), ("starting", "stopping"), ("stopping", "failed")],
         )
         self.assertEqual(self.exits, [])
+
+    def test_failureSaysExitCodeAndLastLines(self) -> None:
+        """
+        A failed start's error carries the exit code and the last lines the
+        command printed; its client message says that the upstream failed
+        to start; the machine keeps it as its failure until the next start.
+        """
+        machine = self.machine()
+        started = machine.start()
+        self.launcher.last.emit(
+            b"setsid: failed to execute /nonexistent/bin: No such file or directory\n", fd=2)
+        self.launcher.last.exit(code=127)
+        error = self.failureResultOf(started, UpstreamStartError).value
+        self.assertEqual(error.exitCode, 127)
+        self.assertEqual(
+            error.lastLines,
+            ("setsid: failed to execute /nonexistent/bin: No such file or directory",))
+        self.assertEqual(
+            error.clientMessage(),
+            "upstream failed to start: upstream command exited prematurely (exit code 127);"
+            " last output: setsid: failed to execute /nonexistent/bin: No such file or directory")
+        self.assertEqual(machine.failure, error.record())
+        machine.start()
+        self.assertIsNone(machine.failure)
+        self.probe.answer(True)
 
     def test_exitedDuringSpawn(self) -> None:
         """
@@ -509,15 +536,17 @@ class StartFailureTests(MachineTestCase):
         assert pid is not None
         self.launcher.lingering.add(pid)
         self.launcher.last.exit(code=1)
-        self.startError(started)
+        self.assertNoResult(started)
         self.assertEqual(machine.state, "stopping")
         self.assertEqual(machine.pid, pid)
         self.clock.advance(0.005)
         self.clock.advance(0.01)
         self.assertEqual(machine.state, "stopping")
+        self.assertNoResult(started)
         self.launcher.lingering.discard(pid)
         self.clock.advance(0.02)
         self.assertEqual(machine.state, "failed")
+        self.startError(started)
 
     def test_startFromWaiterCallback(self) -> None:
         """
@@ -537,8 +566,8 @@ class StartFailureTests(MachineTestCase):
             [
                 ("stopped", "starting"),
                 ("starting", "stopping"),
-                ("stopping", "stopped"),
-                ("stopped", "starting"),
+                ("stopping", "failed"),
+                ("failed", "starting"),
             ],
         )
         self.probe.answer(True)
@@ -932,10 +961,10 @@ class StopTests(MachineTestCase):
         first = machine.start()
         self.probe.answer(False)
         self.clock.advance(1)
-        self.startError(first)
         second = machine.start()
         self.assertEqual(len(self.launcher.spawned), 1)
         self.launcher.last.exit(signal=15)
+        self.startError(first)
         self.assertEqual(len(self.launcher.spawned), 2)
         self.probe.answer(True)
         self.successResultOf(second)

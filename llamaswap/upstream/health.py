@@ -5,19 +5,70 @@ The readiness probe of an upstream: one C{GET} on its check endpoint.
 
 from __future__ import annotations
 
+import ipaddress
+
 from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    _StandardEndpointFactory,
+)
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 
 from llamaswap.httpclient import quietPool
 from llamaswap.interfaces import IHealthProbe
 
-__all__ = ["HealthProbe"]
+__all__ = ["HealthProbe", "ProbeEndpoints"]
+
+#: Delay between connection attempts to the addresses of a host name.
+#: L{HostnameEndpoint}'s default (0.3 s) is also how long a refused
+#: connection takes to fail, which a probe of a starting upstream pays on
+#: every attempt before the upstream listens.
+NAME_ATTEMPT_DELAY = 0.002
+
+
+@implementer(IAgentEndpointFactory)
+class ProbeEndpoints:
+    """
+    Endpoints for the probe's requests whose refused connection fails at
+    once: a plain TCP endpoint for an IP literal (the usual C{127.0.0.1}),
+    and for a host name a L{HostnameEndpoint} with a tiny attempt delay.
+    """
+
+    def __init__(self, reactor: object, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._standard = _StandardEndpointFactory(
+            reactor, BrowserLikePolicyForHTTPS(), timeout, None)
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:  # type: ignore[no-untyped-def]
+        """
+        @param uri: a L{twisted.web.client.URI} with an C{http} scheme.
+        @return: the endpoint to connect to C{uri.host:uri.port}.
+        """
+        if uri.scheme != b"http":
+            return self._standard.endpointForURI(uri)
+        host = uri.host.decode("idna").strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return HostnameEndpoint(
+                self._reactor, uri.host, uri.port, timeout=self._timeout,
+                attemptDelay=NAME_ATTEMPT_DELAY,
+            )
+        endpoint = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+        return endpoint(self._reactor, host, uri.port, timeout=self._timeout)
 
 
 class _Discard(Protocol):
@@ -72,7 +123,9 @@ class HealthProbe:
         self._agent: IAgent = (
             agent
             if agent is not None
-            else Agent(reactor, connectTimeout=timeout, pool=self._pool)
+            else Agent.usingEndpointFactory(
+                reactor, ProbeEndpoints(reactor, timeout), pool=self._pool
+            )
         )
 
     def check(self, url: str) -> Deferred[bool]:

@@ -42,7 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from llamaswap.config import ModelConfig
     from llamaswap.interfaces import IHealthProbe, ILauncher
 
-__all__ = ["UpstreamMachine", "UpstreamStartError", "goDuration"]
+__all__ = ["UpstreamMachine", "UpstreamStartError", "StartAborted", "goDuration"]
+
+#: How many of its last output lines a failed start reports.
+FAILURE_LINES = 5
 
 #: Grace between SIGTERM and SIGKILL after a failed health check.
 FAILED_START_GRACE = 5.0
@@ -51,7 +54,7 @@ FAILED_START_GRACE = 5.0
 #: The cap bounds how late a ready upstream is noticed (a refused connect on
 #: loopback, or a 503 from a loading llama-server, costs microseconds).
 PROBE_FIRST_DELAY = 0.005
-PROBE_MAX_DELAY = 0.02
+PROBE_MAX_DELAY = 0.01
 
 #: How often a stopping group is checked for live processes.
 POLL_FIRST_DELAY = 0.005
@@ -64,14 +67,50 @@ class UpstreamStartError(Exception):
 
     @ivar message: what went wrong, in the reference's words (for example
         C{"upstream command exited prematurely (exit code 1)"}).
+    @ivar exitCode: the command's exit status when it exited by itself
+        (a signal is C{-N}), else L{None}.
+    @ivar lastLines: the last lines the command printed.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, exitCode: int | None = None, lastLines: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.exitCode = exitCode
+        self.lastLines = tuple(lastLines)
 
     def __str__(self) -> str:
         return self.message
+
+    def clientMessage(self) -> str:
+        """
+        @return: what a client is told: that the upstream failed to start,
+            why, and the last lines it printed.
+        """
+        out = "upstream failed to start: " + self.message
+        if self.lastLines:
+            out += "; last output: " + " | ".join(self.lastLines)
+        return out
+
+    def record(self) -> dict:
+        """
+        @return: C{{"reason", "exitCode", "lastLines"}} for the UI.
+        """
+        return {
+            "reason": self.message,
+            "exitCode": self.exitCode,
+            "lastLines": list(self.lastLines),
+        }
+
+
+class StartAborted(UpstreamStartError):
+    """
+    A start was aborted by a stop (not a failure of the upstream).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("aborted")
 
 
 def goDuration(seconds: float) -> str:
@@ -107,6 +146,21 @@ def goDuration(seconds: float) -> str:
     if hours or minutes:
         out += "{}m".format(minutes)
     return out + "{}s".format(fraction(ns, 1000_000_000))
+
+
+def exitCodeOf(reason: object) -> int | None:
+    """
+    @return: the exit status of an exit reason value, C{-N} for signal N,
+        L{None} when unknown.
+    """
+    if isinstance(reason, ProcessDone):
+        return 0
+    if isinstance(reason, ProcessTerminated):
+        if reason.exitCode is not None:
+            return int(reason.exitCode)
+        if reason.signal is not None:
+            return -int(reason.signal)
+    return None
 
 
 def describeExit(reason: object) -> str:
@@ -343,6 +397,11 @@ class _Core:
     lastProtocol: UpstreamProcessProtocol | None = None
     startWaiters: list[Deferred[None]] = field(default_factory=list)
     stopWaiters: list[Deferred[None]] = field(default_factory=list)
+    # A failed start's waiters hear why only once its group is gone, so
+    # that nothing of it is left when the client is told.
+    failedWaiters: list[Deferred[None]] = field(default_factory=list)
+    failing: tuple[str, int | None] | None = None
+    failure: UpstreamStartError | None = None
     log: ClassVar[Logger] = Logger()
 
     # -- state and waiters --------------------------------------------------
@@ -381,8 +440,32 @@ class _Core:
 
     def failStarts(self, message: str) -> None:
         waiters, self.startWaiters = self.startWaiters, []
+        error = StartAborted() if message == "aborted" else UpstreamStartError(message)
         for d in waiters:
-            d.errback(Failure(UpstreamStartError(message)))
+            d.errback(Failure(error))
+
+    def takeFailure(self) -> Callable[[], None]:
+        """
+        The group of a failed start is gone: note why it failed, with the
+        last lines it printed (L{failure}).
+
+        @return: a callable that tells the start's waiters; call it once the
+            new state is set.
+        """
+        if self.failing is None:
+            return lambda: None
+        message, exitCode = self.failing
+        self.failing = None
+        tail = self.outputTail(FAILURE_LINES)
+        error = UpstreamStartError(message, exitCode, tuple(tail.splitlines()) if tail else ())
+        self.failure = error
+        waiters, self.failedWaiters = self.failedWaiters, []
+
+        def tell() -> None:
+            for d in waiters:
+                d.errback(Failure(error))
+
+        return tell
 
     def finishStops(self) -> None:
         waiters, self.stopWaiters = self.stopWaiters, []
@@ -405,6 +488,7 @@ class _Core:
         model = self.model
         protocol = UpstreamProcessProtocol(model.id, onOutput=self.onOutput)
         run = _Run(protocol=protocol, startedAt=self.clock.seconds())
+        self.failure = None
         self.run = run
         argv = list(model.argv)
         if not argv:
@@ -510,7 +594,7 @@ class _Core:
             run.probing = False
             upstream._healthy()
             return
-        delay = min(PROBE_FIRST_DELAY * (2**run.probeAttempts), PROBE_MAX_DELAY)
+        delay = min(PROBE_FIRST_DELAY * (2 ** min(run.probeAttempts, 16)), PROBE_MAX_DELAY)
         run.probeAttempts += 1
         run.probeCall = self.clock.callLater(delay, self._probe, upstream, run)
 
@@ -551,15 +635,24 @@ class _Core:
         return protocol.outputTail(lines) if protocol is not None else ""
 
     def failStart(
-        self, upstream: _Upstream, run: _Run, message: str, grace: float, force: bool
+        self,
+        upstream: _Upstream,
+        run: _Run,
+        message: str,
+        grace: float,
+        force: bool,
+        exitCode: int | None = None,
     ) -> None:
         """
-        A start failed while its process may still be alive.
+        A start failed while its process may still be alive: take its group
+        down; its waiters are told once it is gone (L{reportFailure}).
         """
         self.stopProbing(run)
         self.setState("stopping")
         self.log.error("[{model}] {message}", model=self.model.id, message=message)
-        self.failStarts(message)
+        self.failing = (message, exitCode)
+        self.failedWaiters.extend(self.startWaiters)
+        self.startWaiters = []
         self.terminate(upstream, run, grace, force)
 
     def logTail(self) -> None:
@@ -636,6 +729,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
         core.stopProbing(run)
         core.endRun()
         core.log.error("[{model}] {message}", model=core.model.id, message=message)
+        core.failure = UpstreamStartError(message)
         core.setState("failed")
         core.failStarts(message)
 
@@ -643,7 +737,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
     @pep614(starting.upon(_Upstream._finished).to(failing))
     def exitedEarly(upstream: _Upstream, core: _Core, run: _Run, reason: object) -> None:
         message = "upstream command exited prematurely ({})".format(describeExit(reason))
-        core.failStart(upstream, run, message, 0, force=True)
+        core.failStart(upstream, run, message, 0, force=True, exitCode=exitCodeOf(reason))
 
     @pep614(starting.upon(_Upstream._timedOut).to(failing))
     def healthTimedOut(upstream: _Upstream, core: _Core, run: _Run) -> None:
@@ -698,22 +792,28 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
 
     @pep614(stopping.upon(_Upstream._groupGone).to(stopped))
     def becomeStopped(upstream: _Upstream, core: _Core) -> None:
+        tell = core.takeFailure()
         core.endRun()
         core.log.info("[{model}] stopped", model=core.model.id)
         core.setState("stopped")
+        tell()
         core.finishStops()
 
     @pep614(failing.upon(_Upstream._groupGone).to(failed))
     def becomeFailed(upstream: _Upstream, core: _Core) -> None:
         core.logTail()
+        tell = core.takeFailure()
         core.endRun()
         core.setState("failed")
+        tell()
         core.finishStops()
 
     @pep614(restarting.upon(_Upstream._groupGone).to(stopped))
     def stoppedThenRestart(upstream: _Upstream, core: _Core) -> None:
+        tell = core.takeFailure()
         core.endRun()
         core.setState("stopped")
+        tell()
         # Queued by Automat: runs once this transition is over.
         upstream.start()
         core.finishStops()
@@ -802,6 +902,15 @@ class UpstreamMachine:
         """
         run = self._core.run
         return run.pgid if run is not None else None
+
+    @property
+    def failure(self) -> dict | None:
+        """
+        Why the last start failed (C{{"reason", "exitCode", "lastLines"}}),
+        until the next start; else L{None}.
+        """
+        error = self._core.failure
+        return error.record() if error is not None else None
 
     def start(self) -> Deferred[None]:
         """
