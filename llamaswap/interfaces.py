@@ -113,3 +113,72 @@ class IEventSink(Interface):
         """
         Record one event.  Must not block and must not raise.
         """
+
+
+class IRouterReport(Interface):
+    """
+    What the router reports as it works, for metrics and the UI (the
+    runtime half of each C{modelStatus} record).  Called in the reactor
+    thread; must not block and should not raise (the router logs and
+    ignores what an implementation raises).
+    """
+
+    def stopBegan(modelId, why):
+        """
+        C{modelId}'s upstream began stopping; C{why} is a short reason
+        (C{"ttl"}, C{"unload"}, C{"making room for b"}, C{"shutdown"}...).
+        """
+
+    def stopEnded(modelId):
+        """
+        C{modelId}'s upstream is gone (its whole process group).
+        """
+
+    def loadBegan(modelId, pid, port):
+        """
+        C{modelId}'s upstream was spawned: C{pid} is its process-group id
+        (or L{None} when it could not be spawned), C{port} its allocated
+        C{${PORT}} or L{None}.
+        """
+
+    def ready(modelId, seconds):
+        """
+        C{modelId} became ready C{seconds} after its start began.
+        """
+
+    def failed(modelId, failure):
+        """
+        C{modelId}'s start failed: C{failure} is
+        C{{"reason": str, "exitCode": int or None, "lastLines": [str]}}.
+        """
+
+    def inFlight(modelId, count, total):
+        """
+        C{modelId} now has C{count} requests in flight, C{total} over every
+        model.
+        """
+
+    def queueDepth(modelId, queued, total):
+        """
+        C{queued} requests and loads now wait for C{modelId}, C{total} for
+        any model.
+        """
+
+    def idle(modelId, lastUsed, unloadAt):
+        """
+        C{modelId}'s last request ended at C{lastUsed} (epoch seconds, or
+        L{None}); its TTL will unload it at C{unloadAt} (epoch seconds) or
+        never (L{None}).
+        """
+
+    def progress(modelId, progress):
+        """
+        How far C{modelId}'s load is: C{{"fraction": 0..1 or None,
+        "bytesLoaded", "bytesTotal", "elapsed", "expected"}}, or L{None}
+        once it is not loading.
+        """
+
+    def swapDone(modelId, seconds):
+        """
+        C{modelId} became ready, C{seconds} after the swap to it began.
+        """

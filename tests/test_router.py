@@ -20,6 +20,7 @@ from llamaswap.errors import (
 from llamaswap.interfaces import ISwapPlanner
 from llamaswap.router.planners import GroupPlanner
 from llamaswap.router.router import RouterService
+from llamaswap.upstream.machine import StartAborted, UpstreamStartError
 
 CONFIG = """
 models:
@@ -47,6 +48,7 @@ class FakeMachine:
         self.modelId = model.id
         self.state = "stopped"
         self.pid = None
+        self.failure = None
         self.onExit = onExit
         self.log = log
         self.starting: Deferred | None = None
@@ -66,7 +68,7 @@ class FakeMachine:
             return succeed(None)
         if self.starting is not None:
             starting, self.starting = self.starting, None
-            starting.errback(RuntimeError("aborted"))
+            starting.errback(StartAborted())
         self.state = "stopping"
         d = Deferred()
         self.stopWaiters.append(d)
@@ -84,11 +86,10 @@ class FakeMachine:
         The start fails.  With C{linger}, the machine stays C{stopping}
         (taking the failed process down) until L{finishStop}.
         """
-        from llamaswap.upstream import UpstreamStartError
-
         self.state = "stopping" if linger else "failed"
         starting, self.starting = self.starting, None
-        starting.errback(UpstreamStartError(message))
+        self.failure = {"reason": message, "exitCode": 1, "lastLines": ["oops"]}
+        starting.errback(UpstreamStartError(message, 1, ("oops",)))
 
     def finishStop(self, state="stopped"):
         self.state = state
@@ -233,7 +234,7 @@ class RouterTests(RouterTestsBase):
         lease = self.ready("a")
         lease.release()
         lease.release()
-        self.assertEqual(self.router._inFlight["a"], 0)
+        self.assertEqual(self.router.ledger.inFlight("a"), 0)
 
     def test_cancelledWaiterLeavesTheQueue(self):
         lease = self.ready("a")
@@ -356,7 +357,7 @@ class SwapTests(RouterTestsBase):
         self.failureResultOf(d, CancelledError)
         self.m["a"].finishStop()
         self.assertEqual(self.starts(), ["a"])
-        self.assertEqual(self.router._admitted["b"], 0)
+        self.assertEqual(self.router.ledger.admitted("b"), 0)
 
     def test_unwantedStartIsLeftToFinish(self):
         d = self.router.acquire("a")
@@ -520,7 +521,7 @@ class BoundedWaitTests(SynchronousTestCase):
         # At 10.5 s a closes; the request that arrived at 10 s ends at 12 s.
         self.assertEqual(servedB, [12])
         self.assertEqual(log, [("start", "a"), ("stop", "a"), ("start", "b")])
-        self.assertEqual(router._admitted["a"], 2, "the requests that came at 11 and 12 s wait")
+        self.assertEqual(router.ledger.admitted("a"), 2, "the requests that came at 11 and 12 s wait")
 
 
 PRELOAD_CONFIG = CONFIG + """
@@ -539,7 +540,7 @@ class LoadTests(RouterTestsBase):
         self.assertNoResult(d)
         self.m["c"].becomeReady()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((self.router._inFlight["c"], self.router._admitted["c"]), (0, 0))
+        self.assertEqual((self.router.ledger.inFlight("c"), self.router.ledger.admitted("c")), (0, 0))
 
     def test_loadOfAReadyModelFiresAtOnce(self):
         self.ready("a").release()
@@ -634,7 +635,7 @@ class QueueTests(RouterTestsBase):
         self.m["a"].finishStop()
         self.successResultOf(done)
         lease.release()
-        self.assertEqual((self.router._inFlight["a"], self.router._admitted["a"]), (0, 0))
+        self.assertEqual((self.router.ledger.inFlight("a"), self.router.ledger.admitted("a")), (0, 0))
 
     def test_unloadUnknownModel(self):
         self.assertRaises(UnknownModel, self.router.unload, "nope")
@@ -708,10 +709,12 @@ class PhaseTests(SynchronousTestCase):
         self.assertEqual(lease.dispatched - lease.arrived, 10.0)
 
 
-class HandOverTests(SynchronousTestCase):
+class ReconfigureTests(SynchronousTestCase):
     """
-    A reload hands the machines whose launch settings did not change, and
-    their in-flight requests, to the next router; the rest are stopped.
+    A reload reconfigures the router in place: machines whose launch
+    settings did not change are kept with their requests; changed running
+    ones are stopped and replaced; removed ones are stopped; nothing starts
+    before what was stopped is gone.
     """
 
     NEW = """
@@ -729,66 +732,91 @@ models:
         self.clock = Clock()
         self.log = []
         self.factory = lambda model, onExit: FakeMachine(model, onExit, self.log)
-        self.old = RouterService(loadConfigText(CONFIG), reactor=self.clock,
-                                 machineFactory=self.factory)
+        self.router = RouterService(loadConfigText(CONFIG), reactor=self.clock,
+                                    machineFactory=self.factory)
 
-    def handOver(self):
-        new = loadConfigText(self.NEW)
-        adopted = self.old.handOver(new, lambda a, b: a.argv == b.argv)
-        router = RouterService(new, reactor=self.clock, machineFactory=self.factory,
-                               adopted=adopted)
-        return router, self.old.adoptLeases(router)
+    def reconfigure(self):
+        return self.router.reconfigure(loadConfigText(self.NEW), lambda a, b: a.argv == b.argv)
+
+    def ready(self, name):
+        d = self.router.acquire(name)
+        self.router.machines[name].becomeReady()
+        return self.successResultOf(d)
 
     def test_unchangedReadyModelKeepsServing(self):
-        d = self.old.acquire("a")
-        machine = self.old.machines["a"]
-        machine.becomeReady()
-        lease = self.successResultOf(d)
-        router, retired = self.handOver()
-        self.assertIs(router.machines["a"], machine)
-        self.assertTrue(router.isReady("a"))
-        self.assertEqual(router._inFlight["a"], 1)
-        self.successResultOf(retired)
+        lease = self.ready("a")
+        machine = self.router.machines["a"]
+        done = self.reconfigure()
+        self.assertEqual((done.kept, done.running), (("a",), ("a",)))
+        self.assertIs(self.router.machines["a"], machine)
+        self.assertTrue(self.router.isReady("a"))
+        self.assertEqual(self.router.ledger.inFlight("a"), 1)
         self.assertNotIn(("stop", "a"), self.log)
         lease.release()
-        self.assertEqual(router._inFlight["a"], 0)
-        self.successResultOf(router.acquire("a"))
+        self.assertEqual(self.router.ledger.inFlight("a"), 0)
+        self.successResultOf(self.router.acquire("a"))
         self.assertEqual(self.log.count(("start", "a")), 1)
 
-    def test_adoptedMachineReportsExitsToTheNewRouter(self):
-        d = self.old.acquire("a")
-        self.old.machines["a"].becomeReady()
-        self.successResultOf(d).release()
-        router, _ = self.handOver()
-        router.machines["a"].crash()
-        d = router.acquire("a")
+    def test_keptMachineStillReportsItsExits(self):
+        self.ready("a").release()
+        self.reconfigure()
+        self.router.machines["a"].crash()
+        self.router.acquire("a")
         self.assertEqual(self.log[-1], ("start", "a"))
 
-    def test_waitingRequestsFailSoClientsRetry(self):
-        d = self.old.acquire("b")
-        self.handOver()
-        f = self.failureResultOf(d, ModelUnloaded)
-        self.assertIn("reloaded", f.value.message)
+    def test_reportSaysWhatHappened(self):
+        self.ready("b").release()
+        done = self.reconfigure()
+        self.assertEqual(done.kept, ("a",))
+        self.assertEqual(done.restarted, ("b",))
+        self.assertEqual(done.added, ("d",))
+        self.assertEqual(done.removed, ("c",))
+        self.assertEqual(done.running, (), "a was not running")
 
-    def test_changedModelIsStopped(self):
-        d = self.old.acquire("b")
-        self.old.machines["b"].becomeReady()
-        self.successResultOf(d).release()
-        stoppedB = self.old.machines.get("b")
-        router, retired = self.handOver()
-        self.assertIsNot(router.machines["b"], stoppedB)
-        self.assertIn(("stop", "b"), self.log)
-        self.assertNoResult(retired)
-        stoppedB.finishStop()
-        self.successResultOf(retired)
-
-    def test_nothingStartsBeforeThePreviousProcessesAreGone(self):
-        gone = Deferred()
-        router = RouterService(loadConfigText(self.NEW), reactor=self.clock,
-                               machineFactory=self.factory, startAfter=gone)
-        d = router.acquire("d")
-        self.assertEqual(self.log, [])
-        gone.callback(None)
-        self.assertEqual(self.log, [("start", "d")])
-        router.machines["d"].becomeReady()
+    def test_waitingRequestsForKeptModelsKeepWaiting(self):
+        d = self.router.acquire("a")
+        self.reconfigure()
+        self.assertNoResult(d)
+        self.router.machines["a"].becomeReady()
         self.successResultOf(d)
+
+    def test_waitingRequestsForRemovedModelsFail(self):
+        d = self.router.acquire("c")
+        self.reconfigure()
+        f = self.failureResultOf(d, ModelUnloaded)
+        self.assertIn("removed", f.value.message)
+        self.assertRaises(UnknownModel, self.router.acquire, "c")
+
+    def test_changedModelIsStoppedAndReplaced(self):
+        lease = self.ready("b")
+        old = self.router.machines["b"]
+        self.reconfigure()
+        self.assertIsNot(self.router.machines["b"], old)
+        self.assertIn(("stop", "b"), self.log)
+        self.assertEqual(self.router.ledger.inFlight("b"), 0, "its lease no longer counts")
+        lease.release()
+        self.assertEqual(self.router.ledger.admitted("b"), 0)
+        stopped = self.router.stopService()
+        self.assertNoResult(stopped)
+        old.finishStop()
+        self.successResultOf(stopped)
+
+    def test_nothingStartsBeforeTheReplacedProcessesAreGone(self):
+        self.ready("b").release()
+        old = self.router.machines["b"]
+        self.reconfigure()
+        d = self.router.acquire("d")
+        self.assertNotIn(("start", "d"), self.log)
+        old.finishStop()
+        self.assertEqual(self.log[-1], ("start", "d"))
+        self.router.machines["d"].becomeReady()
+        self.successResultOf(d)
+
+    def test_oldMachineExitIsIgnored(self):
+        self.ready("b").release()
+        old = self.router.machines["b"]
+        self.reconfigure()
+        old.crash()
+        old.finishStop()
+        self.assertEqual(self.router.machines["b"].state, "stopped")
+        self.assertNotIn(("start", "b"), self.log[2:])

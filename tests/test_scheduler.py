@@ -386,7 +386,34 @@ class BoundedWaitTests(SynchronousTestCase):
         plan = decide([P(1, "b", 0), P(2, "a", 10)], self.views(), EvictOthers(), 10, 10)
         self.assertEqual(plan.decisions, (Close("a", "b", 10),))
         self.assertEqual(plan.queued, (1, 2))
-        self.assertIsNone(plan.wakeAt)
+        self.assertEqual(plan.wakeAt, 20, "the drain is bounded too")
+
+    def test_aClosedModelThatDoesNotDrainIsStoppedAnyway(self):
+        """
+        A request hung on a: a second maxQueueWait after a was closed for b,
+        a is stopped with its request in flight (forced), and b starts once
+        it is gone: one hung client cannot keep two models out of service.
+        """
+        pending = [P(1, "b", 0)]
+        plan = decide(pending, self.views(), EvictOthers(), 19.9, 10)
+        self.assertEqual(plan.decisions, (Close("a", "b", 10),))
+        plan = decide(pending, self.views(), EvictOthers(), 20, 10)
+        self.assertEqual(plan.decisions, (Stop("a", "b", forced=True),))
+        plan = decide(pending, models(a=V("stopped", inFlight=1), b="stopped"),
+                      EvictOthers(), 20.5, 10)
+        self.assertEqual(plan.decisions, (Start("b"),))
+
+    def test_nothingStartsWhileAPreviousConfigRetires(self):
+        """
+        With processes of a previous config still stopping, the target
+        waits; idle models in its way are stopped meanwhile.
+        """
+        plan = decide([P(1, "b")], models(a="ready", b="stopped"), EvictOthers(), 0, 0,
+                      retiring=True)
+        self.assertEqual(plan.decisions, (Stop("a", "b"),))
+        plan = decide([P(1, "b")], models(a="stopped", b="stopped"), EvictOthers(), 0, 0,
+                      retiring=True)
+        self.assertEqual(plan.decisions, ())
 
     def test_requestsWaitingBeforeTheCutoffAreStillServed(self):
         # a took 12 s to load; b's request passed the bound meanwhile.  a's

@@ -148,8 +148,8 @@ class APITests(SynchronousTestCase):
 
     def test_leaseIsReleasedAfterTheResponse(self):
         self.request("POST", "/v1/chat/completions", self.chat("a"), ready=["a"])
-        self.assertEqual(self.router._inFlight["a"], 0)
-        self.assertEqual(self.router._admitted["a"], 0)
+        self.assertEqual(self.router.ledger.inFlight("a"), 0)
+        self.assertEqual(self.router.ledger.admitted("a"), 0)
 
     def test_useModelNameRewritesTheBodyModel(self):
         response, body = self.request(
@@ -342,7 +342,7 @@ class APITests(SynchronousTestCase):
         response = self.successResultOf(d)
         body = json.loads(self.successResultOf(self.client.content(response)))
         self.assertEqual(body, {"msg": "ok", "model": "a", "state": "ready"})
-        self.assertEqual(self.router._inFlight["a"], 0)
+        self.assertEqual(self.router.ledger.inFlight("a"), 0)
 
     def test_loadUnknownIs404(self):
         response, body = self.request("POST", "/api/models/load/nope")

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Protocol
+from typing import Callable, Deque, Dict, List, Optional, Protocol, Set
 
 import attr
+from zope.interface import implementer
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,7 +40,9 @@ from llamaswap.errors import (
     TooManyRequests,
     UnknownModel,
 )
-from llamaswap.interfaces import ISwapPlanner
+from llamaswap.interfaces import IRouterReport, ISwapPlanner
+from llamaswap.router.ledger import Lease, Ledger, Waiter
+from llamaswap.upstream.machine import StartAborted, UpstreamStartError
 from llamaswap.router.scheduler import (
     LIVE,
     Close,
@@ -52,7 +55,7 @@ from llamaswap.router.scheduler import (
     decide,
 )
 
-__all__ = ["Machine", "Lease", "RouterService"]
+__all__ = ["Machine", "Lease", "RouterService", "RouterObserver", "Reconfigured"]
 
 
 class Machine(Protocol):
@@ -64,6 +67,7 @@ class Machine(Protocol):
     modelId: str
     state: str
     pid: Optional[int]
+    failure: Optional[dict]
 
     def start(self) -> Deferred[None]:
         ...
@@ -72,77 +76,63 @@ class Machine(Protocol):
         ...
 
 
-@attr.s(eq=False)
-class Lease:
-    """
-    Permission to send one request to a ready upstream.
-
-    @ivar modelId: the model the lease is for.
-    @ivar baseURL: the upstream's base URL (the model's C{proxy}).
-    @ivar released: whether L{release} was called.
-    @ivar arrived: when the request reached the router (reactor seconds).
-    @ivar dispatched: when it was granted this lease.
-    @ivar phases: how the wait between the two was spent, in seconds:
-        C{queue} (waiting behind others), C{stop} (other models stopping to
-        make room for this one) and C{load} (this model starting); they add
-        up to C{dispatched - arrived}.
-    """
-
-    modelId: str = attr.ib()
-    baseURL: str = attr.ib()
-    _onRelease: Callable[["Lease"], None] = attr.ib(repr=False)
-    released: bool = attr.ib(default=False)
-    arrived: float = attr.ib(default=0.0)
-    dispatched: float = attr.ib(default=0.0)
-    phases: Dict[str, float] = attr.ib(factory=lambda: {"queue": 0.0, "stop": 0.0, "load": 0.0})
-
-    def release(self) -> None:
-        """
-        Give the lease back (the request is over); idempotent.
-        """
-        if not self.released:
-            self.released = True
-            self._onRelease(self)
-
-
+@implementer(IRouterReport)
 class RouterObserver:
     """
-    What the router reports as it works; this one ignores it all.
+    What the router reports as it works (see L{IRouterReport}); this one
+    ignores it all.
     """
+
+    def stopBegan(self, modelId: str, why: str) -> None:
+        pass
+
+    def stopEnded(self, modelId: str) -> None:
+        pass
+
+    def loadBegan(self, modelId: str, pid: Optional[int], port: Optional[int]) -> None:
+        pass
+
+    def ready(self, modelId: str, seconds: float) -> None:
+        pass
+
+    def failed(self, modelId: str, failure: dict) -> None:
+        pass
+
+    def inFlight(self, modelId: str, count: int, total: int) -> None:
+        pass
+
+    def queueDepth(self, modelId: str, queued: int, total: int) -> None:
+        pass
+
+    def idle(self, modelId: str, lastUsed: Optional[float], unloadAt: Optional[float]) -> None:
+        pass
+
+    def progress(self, modelId: str, progress: Optional[dict]) -> None:
+        pass
 
     def swapDone(self, modelId: str, seconds: float) -> None:
-        """
-        C{modelId} became ready, C{seconds} after its swap began.
-        """
-
-    def inflightChanged(self, total: int) -> None:
-        """
-        C{total} requests are now in flight, over every model.
-        """
-
-    def queueDepth(self, depth: int) -> None:
-        """
-        C{depth} requests (and loads) now wait for their models.
-        """
+        pass
 
 
-@attr.s(eq=False)
-class _Waiter:
+@attr.s(frozen=True, auto_attribs=True)
+class Reconfigured:
     """
-    A request (or a load) waiting for its model.
+    What L{RouterService.reconfigure} did, by model id.
 
-    @ivar lease: C{True} for L{RouterService.acquire} (it will hold a slot),
-        C{False} for L{RouterService.load}.
-    @ivar position: the queue position last reported, or L{None}.
+    @ivar kept: models whose machine was kept (those running keep running,
+        with their in-flight and waiting requests).
+    @ivar restarted: running models whose launch settings changed: stopped,
+        and started again on their next request.
+    @ivar added: models new to the config.
+    @ivar removed: models the config no longer has (stopped if running).
+    @ivar running: the kept models that are running (not stopped or failed).
     """
 
-    id: int = attr.ib()
-    modelId: str = attr.ib()
-    arrived: float = attr.ib()
-    lease: bool = attr.ib()
-    onQueuePosition: Optional[Callable[[int], None]] = attr.ib(repr=False)
-    deferred: Deferred = attr.ib(default=None, repr=False)
-    position: Optional[int] = attr.ib(default=None)
+    kept: tuple = ()
+    restarted: tuple = ()
+    added: tuple = ()
+    removed: tuple = ()
+    running: tuple = ()
 
 
 @attr.s(eq=False)
@@ -163,6 +153,9 @@ class RouterService(Service):
 
     @ivar machines: model id -> its machine.
     @ivar planner: the L{ISwapPlanner} in use.
+    @ivar ledger: the L{Ledger} of waiting requests and leases (read it,
+        never write it).
+    @ivar observer: the L{IRouterReport} told what happens.
     """
 
     log = Logger()
@@ -176,74 +169,60 @@ class RouterService(Service):
         machineFactory: Callable[[object, Callable[[str, object], None]], Machine],
         planner: object = None,
         observer: object = None,
-        adopted: Optional[Dict[str, tuple]] = None,
-        startAfter: Optional[Deferred] = None,
     ) -> None:
         """
         @param config: the validated L{llamaswap.config.Config}.
-        @param reactor: provides C{IReactorTime}.
+        @param reactor: provides C{IReactorTime}; its C{seconds()} are also
+            the epoch seconds reported to the observer.
         @param machineFactory: called as C{machineFactory(model, onExit)} to
             build the machine of one L{ModelConfig}; the machine calls
             C{onExit(modelId, reason)} when its process exits on its own.
         @param planner: the L{ISwapPlanner} to use; by default
             C{ISwapPlanner(config.swap)}.
-        @param adopted: machines taken over from the previous router (see
-            L{handOver}): model id -> C{(machine, exit cell)}.
-        @param startAfter: fires once the previous router's machines are
-            stopped (their ports free); no machine starts before.
-        @param observer: told what happens, for metrics and the UI:
-            C{swapDone(modelId, seconds)}, C{inflightChanged(total)} and
-            C{queueDepth(n)}; see L{RouterObserver}.
+        @param observer: an L{IRouterReport}, told what happens (metrics
+            and the UI); by default a L{RouterObserver} that ignores it.
         """
         self.config = config
         self._reactor = reactor
+        self._machineFactory = machineFactory
         self.observer = observer if observer is not None else RouterObserver()
         self.planner = planner if planner is not None else ISwapPlanner(config.swap)
-        adopted = adopted or {}
-        # Each machine reports its exits through a cell naming its router,
-        # so that a machine handed to the next router (a config reload)
-        # reports to that one.
-        self._exitCells: Dict[str, list] = {}
         self.machines: Dict[str, Machine] = {}
+        self.ledger = Ledger()
         for modelId, model in config.models.items():
-            if modelId in adopted:
-                machine, cell = adopted[modelId]
-                cell[0] = self
-            else:
-                cell = [self]
-                machine = machineFactory(
-                    model, lambda m, reason, cell=cell: cell[0].upstreamExited(m, reason))
-            self.machines[modelId] = machine
-            self._exitCells[modelId] = cell
-        self._startAfter = startAfter
-        if startAfter is not None:
-            startAfter.addBoth(lambda _: self._step())
+            self.machines[modelId] = self._build(model)
+            self.ledger.addModel(modelId)
+        # Machines of models a reconfigure removed or replaced, still
+        # stopping: nothing starts before they are gone (their ports).
+        self._retiring: Set[Machine] = set()
+        self._retired: List[Deferred[None]] = []
         self._ids = itertools.count(1)
-        self._pending: List[_Waiter] = []
-        self._leases: set = set()
-        self._lastDepth = 0
-        self._inFlight: Dict[str, int] = {m: 0 for m in self.machines}
-        self._admitted: Dict[str, int] = {m: 0 for m in self.machines}
-        self._idleSince: Dict[str, float] = {
-            modelId: reactor.seconds() for modelId in adopted
-            if self.machines[modelId].state == "ready"
-        }
+        self._depths: Dict[str, int] = {}
+        self._idleSince: Dict[str, float] = {}
+        self._lastUsed: Dict[str, float] = {}
         self._closed: Dict[str, Close] = {}
         self._swaps: Dict[str, float] = {}  # target -> when its swap began
-        self._starts: Dict[str, float] = {}  # model -> when its start began
         # Recent [began, ended] windows, for the phases of each lease: other
         # models stopping to make room for a model, and the model loading.
         self._stopWindows: Dict[str, Deque[list]] = {}
         self._loadWindows: Dict[str, Deque[list]] = {}
-        self._aborted: set = set()  # starts that our own stop aborted
         self._stops: Dict[str, _StopInProgress] = {}
         self._wake: Optional[IDelayedCall] = None
         self._wakeAt: Optional[float] = None
         self._stepping = False
         self._again = False
+        self._draining = False
+        self._drained: List[Deferred[None]] = []
         self._shuttingDown = False
         self._preloading: Optional[Deferred] = None
         self._lastPlan = Plan()
+
+    def _build(self, model) -> Machine:
+        cell: List[Machine] = []
+        machine = self._machineFactory(
+            model, lambda modelId, reason: self.upstreamExited(modelId, reason, cell[0]))
+        cell.append(machine)
+        return machine
 
     # -- public API -------------------------------------------------------
 
@@ -271,18 +250,17 @@ class RouterService(Service):
             then never started for it.
 
         @raise UnknownModel: C{name} is no local model.
-        @raise ShuttingDown: the router is stopping.
+        @raise ShuttingDown: the router is stopping or draining.
         @raise TooManyRequests: the model's C{concurrencyLimit} requests are
             already admitted (waiting or in flight).
         """
         modelId = self.config.resolve(name)
         if modelId is None or modelId not in self.machines:
             raise UnknownModel("no router for requested model")
-        if self._shuttingDown:
+        if self._shuttingDown or self._draining:
             raise ShuttingDown("llamaswap is shutting down")
-        if limited and self._admitted[modelId] >= self.config.models[modelId].concurrencyLimit:
+        if limited and self.ledger.admitted(modelId) >= self.config.models[modelId].concurrencyLimit:
             raise TooManyRequests("Too many requests")
-        self._admitted[modelId] += 1
         return self._enqueue(modelId, True, onQueuePosition)
 
     def load(self, name: str) -> Deferred[None]:
@@ -294,12 +272,12 @@ class RouterService(Service):
             model is ready, or fails like L{acquire}'s.
 
         @raise UnknownModel: C{name} is no local model (C{model not found}).
-        @raise ShuttingDown: the router is stopping.
+        @raise ShuttingDown: the router is stopping or draining.
         """
         modelId = self.config.resolve(name)
         if modelId is None or modelId not in self.machines:
             raise UnknownModel("model not found")
-        if self._shuttingDown:
+        if self._shuttingDown or self._draining:
             raise ShuttingDown("llamaswap is shutting down")
         return self._enqueue(modelId, False, None)
 
@@ -339,11 +317,25 @@ class RouterService(Service):
         machine = self.machines.get(modelId)
         return machine is not None and machine.state == "ready"
 
+    def unloadAt(self, modelId: str) -> Optional[float]:
+        """
+        @return: when C{modelId}'s TTL will stop it (reactor seconds), or
+            L{None} (no TTL, not ready, busy or wanted).
+        """
+        machine = self.machines.get(modelId)
+        ttl = self.config.models[modelId].ttl if modelId in self.config.models else 0
+        since = self._idleSince.get(modelId)
+        if (machine is None or machine.state != "ready" or ttl <= 0 or since is None
+                or self.ledger.inFlight(modelId) or self.ledger.queued(modelId)):
+            return None
+        return since + ttl
+
     def runningModels(self) -> List[dict]:
         """
         @return: one record per model that is not stopped, sorted by id, in
-            the shape of the reference's C{/running} plus C{inFlight} and
-            C{pid}.
+            the shape of the reference's C{/running} plus C{inFlight},
+            C{queued}, C{pid}, C{port}, C{lastUsed}, C{unloadAt} and
+            C{failure}.
         """
         out = []
         for modelId, machine in sorted(self.machines.items()):
@@ -359,11 +351,125 @@ class RouterService(Service):
                     "ttl": model.ttl,
                     "name": model.name,
                     "description": model.description,
-                    "inFlight": self._inFlight[modelId],
+                    "inFlight": self.ledger.inFlight(modelId),
+                    "queued": self.ledger.queued(modelId),
                     "pid": machine.pid,
+                    "port": getattr(model, "port", None),
+                    "lastUsed": self._lastUsed.get(modelId),
+                    "unloadAt": self.unloadAt(modelId),
+                    "failure": getattr(machine, "failure", None),
                 }
             )
         return out
+
+    def reconfigure(self, config, keep: Callable[[object, object], bool]) -> Reconfigured:
+        """
+        Switch to C{config} in place (a reload).  A model whose launch
+        settings did not change keeps its machine, running or not, with its
+        in-flight and waiting requests.  A running model whose settings
+        changed is stopped (its requests in flight are cut, as a stop cuts
+        them) and gets a new machine, started on its next request; so does a
+        model that is not running.  A removed model is stopped and its
+        waiting requests fail with L{ModelUnloaded}.  Until every stopped
+        process is gone, nothing starts: a new or changed model may well get
+        a port an old process still holds.
+
+        @param keep: C{keep(old, new)} says whether the machine of a model
+            whose config went from C{old} to C{new} may keep running.
+        @return: what was done, as a L{Reconfigured}.
+        """
+        old = self.config
+        kept, restarted, added, removed, running = [], [], [], [], []
+        for modelId in sorted(set(old.models) | set(config.models)):
+            machine = self.machines.get(modelId)
+            new = config.models.get(modelId)
+            if new is None:
+                removed.append(modelId)
+                self._retire(modelId)
+                self._failWaiters(modelId, ModelUnloaded(
+                    f"unspecific error: {modelId}: the model was removed from the configuration"))
+                self.ledger.removeModel(modelId)
+                continue
+            if machine is None:
+                added.append(modelId)
+            elif keep(old.models[modelId], new) and modelId not in self._stops:
+                kept.append(modelId)
+                if machine.state not in ("stopped", "failed"):
+                    running.append(modelId)
+                continue
+            elif machine.state not in ("stopped", "failed"):
+                restarted.append(modelId)
+                self._retire(modelId)
+            self.machines[modelId] = self._build(new)
+            self.ledger.addModel(modelId)
+        self.config = config
+        self.planner = ISwapPlanner(config.swap)
+        self._closed = {}
+        self._step()
+        return Reconfigured(tuple(kept), tuple(restarted), tuple(added), tuple(removed),
+                            tuple(running))
+
+    def _retire(self, modelId: str) -> None:
+        """
+        Take C{modelId}'s machine out of service: stop it (joining a stop
+        in progress), its leases in flight no longer count.
+        """
+        machine = self.machines.pop(modelId)
+        self.ledger.detach(modelId)
+        self._idleSince.pop(modelId, None)
+        stop = self._stops.pop(modelId, None)
+        if machine.state in ("stopped", "failed") and stop is None:
+            return
+        self._retiring.add(machine)
+        self.log.info("[{model}] stopping (reload)", model=modelId)
+        self._tell("stopBegan", modelId, "reload")
+        d: Deferred = machine.stop()
+
+        def gone(result: object) -> None:
+            self._retiring.discard(machine)
+            self._retired.remove(d)
+            if isinstance(result, Failure):
+                self.log.failure("[{model}] stopping failed", result, model=modelId)
+            self._step()
+
+        self._retired.append(d)
+        d.addBoth(gone)
+
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """
+        Take no new requests, and let those in flight and those waiting
+        (for a model that is starting, say) finish, for at most C{timeout}
+        seconds.
+
+        @return: a L{Deferred} that fires with C{True} once nothing waits
+            and nothing is in flight, or with C{False} after C{timeout}
+            seconds or on L{force}.
+        """
+        self._draining = True
+        if self.ledger.idle():
+            return succeed(True)
+        d: Deferred[bool] = Deferred()
+        self._drained.append(d)
+        call = self._reactor.callLater(timeout, self._drainEnded, False)
+        d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
+        self.log.info(
+            "draining: {inflight} requests in flight, {queued} waiting; up to {timeout}s",
+            inflight=self.ledger.inFlight(), queued=self.ledger.queued(), timeout=timeout)
+        return d
+
+    def force(self) -> None:
+        """
+        End a L{drain} now.
+        """
+        self._drainEnded(False)
+
+    def _drainEnded(self, clean: bool) -> None:
+        waiters, self._drained = self._drained, []
+        if waiters and not clean:
+            self.log.warn("drain ended with {inflight} requests in flight, {queued} waiting",
+                          inflight=self.ledger.inFlight(), queued=self.ledger.queued())
+        for d in waiters:
+            d.callback(clean)
 
     # -- IService ---------------------------------------------------------
 
@@ -407,101 +513,35 @@ class RouterService(Service):
         upstream in parallel.
 
         @return: a L{Deferred} that fires with L{None} once every process
-            group is gone.
+            group is gone (those a reconfigure was stopping included).
         """
         super().stopService()
-        for waiter in self._retire():
-            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
-        stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
-        d = gatherResults(stops, consumeErrors=True)
-        d.addCallback(lambda _: self.log.info("all upstreams stopped"))
-        return d
-
-    def _retire(self) -> List[_Waiter]:
-        """
-        Take no more requests and make no more decisions.
-
-        @return: the requests that were waiting (their slots given back),
-            for the caller to fail.
-        """
         self._shuttingDown = True
         self._setWake(None)
-        pending, self._pending = self._pending, []
-        for waiter in pending:
-            if waiter.lease:
-                self._admitted[waiter.modelId] -= 1
-        return pending
-
-    def handOver(self, config, keep: Callable[[object, object], bool]) -> Dict[str, tuple]:
-        """
-        Retire this router for a new config (a reload): it takes no new
-        requests and makes no more decisions; waiting requests fail with
-        L{ModelUnloaded}; machines the new config keeps are handed over,
-        with their in-flight requests; the others are stopped.
-
-        @param config: the new config.
-        @param keep: C{keep(old, new)} says whether the machine of a model
-            whose config went from C{old} to C{new} may keep running.
-
-        @return: the C{adopted} mapping for the next router's constructor.
-            Once that router exists, call L{adoptLeases} with it.
-        """
-        pending = self._retire()
-        adopted = {}
-        for modelId, machine in list(self.machines.items()):
-            new = config.models.get(modelId)
-            if new is not None and keep(self.config.models[modelId], new) and (
-                    modelId not in self._stops):
-                adopted[modelId] = (machine, self._exitCells[modelId])
-                del self.machines[modelId]
-        self._handedOver = set(adopted)
-        for waiter in pending:
-            waiter.deferred.errback(ModelUnloaded(
-                f"unspecific error: {waiter.modelId}: the configuration was reloaded"))
-        return adopted
-
-    def adoptLeases(self, successor: "RouterService") -> Deferred[None]:
-        """
-        Give C{successor} the in-flight requests of the machines it adopted
-        (their release now counts there), and stop every machine this
-        router kept.
-
-        @return: a L{Deferred} that fires once those are stopped.
-        """
-        for lease in list(self._leases):
-            if lease.modelId in getattr(self, "_handedOver", ()):
-                self._leases.discard(lease)
-                self._inFlight[lease.modelId] -= 1
-                successor._takeLease(lease)
-        stops = [self._stopModel(m, "reload") for m in sorted(self.machines)]
-        return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
-
-    def _takeLease(self, lease: Lease) -> None:
-        lease._onRelease = self._releaseLease
-        self._leases.add(lease)
-        self._inFlight[lease.modelId] += 1
-        self._admitted[lease.modelId] += 1
-        self._tell("inflightChanged", sum(self._inFlight.values()))
+        self._drainEnded(False)
+        for waiter in self.ledger.withdrawAll():
+            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
+        stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
+        d = gatherResults([*stops, *self._retired], consumeErrors=True)
+        d.addCallback(lambda _: self.log.info("all upstreams stopped"))
+        return d
 
     # -- events -----------------------------------------------------------
 
     def _enqueue(
         self, modelId: str, lease: bool, onQueuePosition: Optional[Callable[[int], None]]
     ) -> Deferred:
-        waiter = _Waiter(
+        waiter = Waiter(
             next(self._ids), modelId, self._reactor.seconds(), lease, onQueuePosition
         )
         waiter.deferred = Deferred(lambda d: self._cancelled(waiter))
-        self._pending.append(waiter)
+        self.ledger.enqueue(waiter)
         self._step()
         return waiter.deferred
 
-    def _cancelled(self, waiter: _Waiter) -> None:
-        if waiter not in self._pending:
+    def _cancelled(self, waiter: Waiter) -> None:
+        if not self.ledger.withdraw(waiter):
             return
-        self._pending.remove(waiter)
-        if waiter.lease:
-            self._admitted[waiter.modelId] -= 1
         self.log.debug(
             "[{model}] waiting request cancelled after {seconds:.3f}s",
             model=waiter.modelId,
@@ -515,22 +555,28 @@ class RouterService(Service):
         except Exception:
             self.log.failure("router observer {what}", what=what)
 
-    def _release(self, lease: Lease) -> None:
+    def _releaseLease(self, lease: Lease) -> None:
         modelId = lease.modelId
-        self._inFlight[modelId] -= 1
-        self._tell("inflightChanged", sum(self._inFlight.values()))
-        self._admitted[modelId] -= 1
-        if self._inFlight[modelId] == 0:
-            self._idleSince[modelId] = self._reactor.seconds()
+        if not self.ledger.release(lease):
+            self._step()  # a lease of a replaced machine: counts nowhere
+            return
+        now = self._reactor.seconds()
+        self._lastUsed[modelId] = now
+        self._tell("inFlight", modelId, self.ledger.inFlight(modelId), self.ledger.inFlight())
+        if self.ledger.inFlight(modelId) == 0:
+            self._idleSince[modelId] = now
         self._step()
+        self._tell("idle", modelId, now, self.unloadAt(modelId))
 
     def _closeLoadWindow(self, modelId: str, now: float) -> None:
         windows = self._loadWindows.get(modelId)
         if windows and windows[-1][1] is None:
             windows[-1][1] = now
 
-    def _started(self, _: object, modelId: str, startedAt: float, swapBegan: float) -> None:
-        self._starts.pop(modelId, None)
+    def _started(self, _: object, machine: Machine, startedAt: float, swapBegan: float) -> None:
+        modelId = machine.modelId
+        if self.machines.get(modelId) is not machine:
+            return
         now = self._reactor.seconds()
         self._closeLoadWindow(modelId, now)
         self._idleSince[modelId] = now
@@ -540,43 +586,60 @@ class RouterService(Service):
             start=now - startedAt,
             swap=now - swapBegan,
         )
+        self._tell("ready", modelId, now - startedAt)
+        self._tell("swapDone", modelId, now - swapBegan)
         self._step()
+        self._tell("idle", modelId, self._lastUsed.get(modelId), self.unloadAt(modelId))
 
     def _startFailed(
-        self, reason: Failure, modelId: str, startedAt: float, swapBegan: float
+        self, reason: Failure, machine: Machine, startedAt: float, swapBegan: float
     ) -> None:
-        self._starts.pop(modelId, None)
+        modelId = machine.modelId
+        if self.machines.get(modelId) is not machine:
+            return
         self._closeLoadWindow(modelId, self._reactor.seconds())
-        if modelId in self._aborted:
-            self._aborted.discard(modelId)
+        if reason.check(StartAborted):
             self.log.info("[{model}] start aborted by a stop", model=modelId)
             self._step()
             return
-        message = getattr(reason.value, "message", None) or reason.getErrorMessage()
+        error = reason.value
+        message = getattr(error, "message", None) or reason.getErrorMessage()
         self.log.error(
             "[{model}] failed to start after {seconds:.3f}s: {why}",
             model=modelId,
             seconds=self._reactor.seconds() - startedAt,
             why=message,
         )
-        if self.machines[modelId].state in LIVE:
+        record = error.record() if isinstance(error, UpstreamStartError) else {
+            "reason": message, "exitCode": None, "lastLines": []}
+        self._tell("failed", modelId, record)
+        if machine.state in LIVE:
             # Still taking the failed process down: learn when it is gone.
             self._stopModel(modelId, "failed start")
+        client = error.clientMessage() if isinstance(error, UpstreamStartError) else (
+            f"upstream failed to start: {message}")
         # Last: the waiters' callbacks may well ask for the model again.
-        self._failWaiters(modelId, ModelStartFailed(f"unspecific error: {message}"))
+        self._failWaiters(modelId, ModelStartFailed(client))
         self._step()
 
-    def upstreamExited(self, modelId: str, reason: object) -> None:
+    def upstreamExited(self, modelId: str, reason: object,
+                       machine: Optional[Machine] = None) -> None:
         """
         The process of C{modelId} exited on its own (it crashed).  Its
         in-flight requests fail on their own (the relay sees the connection
         drop); the model no longer counts as live once its process group is
         gone, and the next request for it starts it again.
+
+        @param machine: the machine that reported it; the exit of a machine
+            a reconfigure replaced is ignored.
         """
+        current = self.machines.get(modelId)
+        if current is None or (machine is not None and machine is not current):
+            return
         self.log.warn(
             "[{model}] upstream exited unexpectedly: {reason}", model=modelId, reason=reason
         )
-        if self.machines[modelId].state in LIVE:
+        if current.state in LIVE:
             self._stopModel(modelId, "exited")
         self._step()
 
@@ -605,6 +668,8 @@ class RouterService(Service):
                     self._reportPositions(self._lastPlan)
         finally:
             self._stepping = False
+        if self._drained and self.ledger.idle():
+            self._drainEnded(True)
 
     def _plan(self) -> Plan:
         now = self._reactor.seconds()
@@ -613,19 +678,20 @@ class RouterService(Service):
             model = self.config.models[modelId]
             views[modelId] = ModelView(
                 state=machine.state,
-                inFlight=self._inFlight[modelId],
+                inFlight=self.ledger.inFlight(modelId),
                 concurrency=model.concurrencyLimit,
                 ttl=model.ttl,
                 idleSince=self._idleSince.get(modelId),
             )
-        pending = [Pending(w.id, w.modelId, w.arrived, w.lease) for w in self._pending]
-        plan = decide(pending, views, self.planner, now, self.config.maxQueueWait)
+        pending = [Pending(w.id, w.modelId, w.arrived, w.lease) for w in self.ledger.waiting()]
+        plan = decide(pending, views, self.planner, now, self.config.maxQueueWait,
+                      retiring=bool(self._retiring))
         self._lastPlan = plan
         return plan
 
     def _apply(self, plan: Plan) -> None:
         now = self._reactor.seconds()
-        byId = {w.id: w for w in self._pending}
+        byId = {w.id: w for w in self.ledger.waiting()}
         grants = []
         closed: Dict[str, Close] = {}
         machineWork = []
@@ -633,14 +699,13 @@ class RouterService(Service):
             if isinstance(decision, Dispatch):
                 waiter = byId.pop(decision.requestId, None)
                 if waiter is not None:
-                    grants.append(self._grant(waiter, now))
+                    grants.append(waiter)
             elif isinstance(decision, Close):
                 closed[decision.model] = decision
             else:
                 machineWork.append(decision)
-        if grants:
-            granted = {id(w) for w, _ in grants}
-            self._pending = [w for w in self._pending if id(w) not in granted]
+        self.ledger.granted(grants)
+        granted = [(waiter, self._grant(waiter, now)) for waiter in grants]
         self._updateClosed(closed, now)
         for swap in plan.swaps:
             if swap.target not in self._swaps:
@@ -648,35 +713,52 @@ class RouterService(Service):
                 self._explain(swap.target, swap.running)
         for decision in machineWork:
             if isinstance(decision, Stop):
-                if decision.forModel is None:
-                    self.log.info(
-                        "[{model}] Unloading model, TTL of {ttl}s reached",
-                        model=decision.model,
-                        ttl=self.config.models[decision.model].ttl,
-                    )
-                    why = "ttl"
-                else:
-                    why = f"making room for {decision.forModel}"
-                self._stopModel(decision.model, why)
-                stop = self._stops.get(decision.model)
-                if decision.forModel is not None and stop is not None:
-                    window = [now, None]
-                    self._stopWindows.setdefault(
-                        decision.forModel, deque(maxlen=8)).append(window)
-                    stop.windows.append(window)
+                self._applyStop(decision, now)
             elif isinstance(decision, Start):
                 self._startModel(decision.model, now)
-        wanted = {w.modelId for w in self._pending}
+        wanted = {w.modelId for w in self.ledger.waiting()}
         for target in [t for t in self._swaps if t not in wanted]:
             del self._swaps[target]
         self._setWake(plan.wakeAt)
-        if len(self._pending) != self._lastDepth:
-            self._lastDepth = len(self._pending)
-            self._tell("queueDepth", self._lastDepth)
-        for waiter, lease in grants:
+        self._reportDepths()
+        for waiter, lease in granted:
             waiter.deferred.callback(lease)
 
-    def _grant(self, waiter: _Waiter, now: float):
+    def _applyStop(self, decision: Stop, now: float) -> None:
+        if decision.forModel is None:
+            self.log.info(
+                "[{model}] Unloading model, TTL of {ttl}s reached",
+                model=decision.model,
+                ttl=self.config.models[decision.model].ttl,
+            )
+            why = "ttl"
+        elif decision.forced:
+            self.log.warn(
+                "[{model}] closed for {target} but its {count} requests in flight did not "
+                "drain within another {limit}s: stopping it anyway",
+                model=decision.model, target=decision.forModel,
+                count=self.ledger.inFlight(decision.model), limit=self.config.maxQueueWait)
+            why = f"making room for {decision.forModel}; requests in flight did not drain"
+        else:
+            why = f"making room for {decision.forModel}"
+        self._stopModel(decision.model, why)
+        stop = self._stops.get(decision.model)
+        if decision.forModel is not None and stop is not None:
+            window = [now, None]
+            self._stopWindows.setdefault(decision.forModel, deque(maxlen=8)).append(window)
+            stop.windows.append(window)
+
+    def _reportDepths(self) -> None:
+        depths: Dict[str, int] = {}
+        for waiter in self.ledger.waiting():
+            depths[waiter.modelId] = depths.get(waiter.modelId, 0) + 1
+        total = sum(depths.values())
+        for modelId in sorted(set(depths) | set(self._depths)):
+            if depths.get(modelId, 0) != self._depths.get(modelId, 0):
+                self._tell("queueDepth", modelId, depths.get(modelId, 0), total)
+        self._depths = depths
+
+    def _grant(self, waiter: Waiter, now: float) -> Optional[Lease]:
         modelId = waiter.modelId
         waited = now - waiter.arrived
         if waited >= 0.001:
@@ -686,12 +768,10 @@ class RouterService(Service):
         if not waiter.lease:
             # A load holds nothing: plan again (the model may now be idle,
             # with a TTL to run), and count its idle time from now.
-            if self._inFlight[modelId] == 0:
+            if self.ledger.inFlight(modelId) == 0:
                 self._idleSince[modelId] = now
             self._again = True
-            return waiter, None
-        self._inFlight[modelId] += 1
-        self._tell("inflightChanged", sum(self._inFlight.values()))
+            return None
         lease = Lease(
             modelId,
             self.config.models[modelId].proxy,
@@ -700,12 +780,10 @@ class RouterService(Service):
             dispatched=now,
             phases=self._phases(modelId, waiter.arrived, now),
         )
-        self._leases.add(lease)
-        return waiter, lease
-
-    def _releaseLease(self, lease: Lease) -> None:
-        self._leases.discard(lease)
-        self._release(lease)
+        self.ledger.lend(lease)
+        self._lastUsed[modelId] = now
+        self._tell("inFlight", modelId, self.ledger.inFlight(modelId), self.ledger.inFlight())
+        return lease
 
     def _phases(self, modelId: str, arrived: float, dispatched: float) -> Dict[str, float]:
         """
@@ -747,13 +825,14 @@ class RouterService(Service):
                     limit=self.config.maxQueueWait,
                 )
         for modelId in self._closed:
-            if modelId not in closed and self.machines[modelId].state == "ready":
+            machine = self.machines.get(modelId)
+            if modelId not in closed and machine is not None and machine.state == "ready":
                 self.log.info("[{model}] open to new requests again", model=modelId)
         self._closed = closed
 
     def _reportPositions(self, plan: Plan) -> None:
         positions = {requestId: i + 1 for i, requestId in enumerate(plan.queued)}
-        for waiter in list(self._pending):
+        for waiter in self.ledger.waiting():
             position = positions.get(waiter.id)
             if position == waiter.position:
                 continue
@@ -778,23 +857,21 @@ class RouterService(Service):
     # -- machines ---------------------------------------------------------
 
     def _startModel(self, modelId: str, now: float) -> None:
-        if self._startAfter is not None and not self._startAfter.called:
-            return  # the previous config's processes are still stopping
         machine = self.machines[modelId]
-        if machine.state not in ("stopped", "failed") or modelId in self._starts:
+        if machine.state not in ("stopped", "failed"):
             return
         swapBegan = self._swaps.pop(modelId, now)
-        self._starts[modelId] = now
         window = [now, None]
         self._loadWindows.setdefault(modelId, deque(maxlen=4)).append(window)
-        self._aborted.discard(modelId)
         self.log.info("[{model}] starting", model=modelId)
         d = machine.start()
+        self._tell("loadBegan", modelId, machine.pid,
+                   getattr(self.config.models[modelId], "port", None))
         d.addCallbacks(
             self._started,
             self._startFailed,
-            callbackArgs=(modelId, now, swapBegan),
-            errbackArgs=(modelId, now, swapBegan),
+            callbackArgs=(machine, now, swapBegan),
+            errbackArgs=(machine, now, swapBegan),
         )
         d.addErrback(lambda f: self.log.failure("[{model}] handling a start", f, model=modelId))
 
@@ -814,23 +891,25 @@ class RouterService(Service):
             return waiter
         if machine.state in ("stopped", "failed"):
             return succeed(None)
-        if modelId in self._starts:
-            self._aborted.add(modelId)
         stop = _StopInProgress(self._reactor.seconds(), why, [waiter])
         self._stops[modelId] = stop
         self.log.info("[{model}] stopping ({why})", model=modelId, why=why)
+        self._tell("stopBegan", modelId, why)
         d = machine.stop()
         d.addBoth(self._stopped, modelId, stop)
         d.addErrback(lambda f: self.log.failure("[{model}] handling a stop", f, model=modelId))
         return waiter
 
     def _stopped(self, result: object, modelId: str, stop: _StopInProgress) -> None:
-        if self._stops.get(modelId) is stop:
-            del self._stops[modelId]
         for window in stop.windows:
             window[1] = self._reactor.seconds()
         if isinstance(result, Failure):
             self.log.failure("[{model}] stopping failed", result, model=modelId)
+        for waiter in stop.waiters:
+            waiter.callback(None)
+        if self._stops.get(modelId) is not stop:
+            return  # retired by a reconfigure, which reports its end
+        del self._stops[modelId]
         self._idleSince.pop(modelId, None)
         self.log.info(
             "[{model}] stopped in {seconds:.3f}s ({why})",
@@ -838,17 +917,9 @@ class RouterService(Service):
             seconds=self._reactor.seconds() - stop.began,
             why=stop.why,
         )
-        for waiter in stop.waiters:
-            waiter.callback(None)
+        self._tell("stopEnded", modelId)
         self._step()
 
     def _failWaiters(self, modelId: str, error: Exception) -> None:
-        failed = [w for w in self._pending if w.modelId == modelId]
-        if not failed:
-            return
-        self._pending = [w for w in self._pending if w.modelId != modelId]
-        for waiter in failed:
-            if waiter.lease:
-                self._admitted[modelId] -= 1
-        for waiter in failed:
+        for waiter in self.ledger.withdrawAll(modelId):
             waiter.deferred.errback(error)

@@ -49,7 +49,10 @@ and 5.4, plus the bounded wait that the reference lacks):
        instead of being dispatched, its in-flight requests drain, and the
        swap happens.  Requests that were already waiting before the cutoff
        are still served (so a model that took long to load still gets its
-       collated requests).  C{maxQueueWait = 0} turns this off.
+       collated requests).  A closed model whose requests have not drained
+       once T's oldest request has waited twice C{maxQueueWait} is stopped
+       anyway (B{forced}: a hung request must not keep two models out of
+       service).  C{maxQueueWait = 0} turns this off.
 
     6. B{TTL}: a ready model with C{ttl > 0}, nothing in flight and no
        request waiting for it is stopped C{ttl} seconds after it last
@@ -165,10 +168,13 @@ class Stop:
 
     @ivar forModel: the target it makes room for, or L{None} when its TTL
         expired.
+    @ivar forced: its in-flight requests did not drain within a second
+        C{maxQueueWait} after it was closed: they are cut.
     """
 
     model: str
     forModel: Optional[str] = None
+    forced: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -241,6 +247,7 @@ def decide(
     planner,
     now: float,
     maxQueueWait: float,
+    retiring: bool = False,
 ) -> Plan:
     """
     Decide what to do now; see the module docstring for the rules.
@@ -251,6 +258,8 @@ def decide(
     @param now: the current time, on the clock of C{Pending.arrived}.
     @param maxQueueWait: seconds the oldest request of a target may wait
         before the models blocking it are closed; C{0} for no bound.
+    @param retiring: processes of a previous configuration are still
+        stopping (they may hold any port): nothing is started.
 
     @return: a L{Plan}.
     @raise KeyError: when a request names a model missing from C{models}.
@@ -329,10 +338,13 @@ def decide(
             continue
 
         # Rule 4: drain, stop, start.
+        forced = False
         if any(busy(e) for e in evict):
+            # Rule 5: the bound on waiting, and on draining.
+            forced = maxQueueWait > 0 and now + EPSILON >= p.arrived + 2 * maxQueueWait
+        if any(busy(e) for e in evict) and not forced:
             joined[m] = False
             queued.append(p.id)
-            # Rule 5: the bound on waiting.
             if maxQueueWait > 0:
                 deadline = p.arrived + maxQueueWait
                 if now + EPSILON >= deadline:
@@ -340,6 +352,7 @@ def decide(
                         if models[e].state in ("ready", "starting") and e not in stopping:
                             if e not in closed or closed[e].since > deadline:
                                 closed[e] = Close(e, m, deadline)
+                    wakeAt = _earliest(wakeAt, deadline + maxQueueWait)
                 else:
                     wakeAt = _earliest(wakeAt, deadline)
             continue
@@ -348,9 +361,13 @@ def decide(
             e for e in evict if models[e].state in ("ready", "starting") and e not in stopping
         )
         for e in toStop:
-            decisions.append(Stop(e, m))
+            decisions.append(Stop(e, m, forced=forced and busy(e)))
             stopping.add(e)
-        started = view.state not in LIVE and not any(models[e].state in LIVE for e in evict)
+        started = (
+            not retiring
+            and view.state not in LIVE
+            and not any(models[e].state in LIVE for e in evict)
+        )
         if started:
             decisions.append(Start(m))
             targets[m] = True

@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_router -*-
+"""
+The router's books: the requests waiting for their models, how many each
+model has admitted, and the leases in flight.
+
+L{Ledger} only counts; L{llamaswap.router.router.RouterService} decides.
+Its read API (L{Ledger.inFlight}, L{Ledger.admitted}, L{Ledger.queued},
+L{Ledger.waiting}, L{Ledger.leases}) is what tests, the C{/running} JSON
+and the observatory read.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+import attr
+from twisted.internet.defer import Deferred
+
+__all__ = ["Lease", "Waiter", "Ledger"]
+
+
+@attr.s(eq=False)
+class Lease:
+    """
+    Permission to send one request to a ready upstream.
+
+    @ivar modelId: the model the lease is for.
+    @ivar baseURL: the upstream's base URL (the model's C{proxy}).
+    @ivar released: whether L{release} was called.
+    @ivar arrived: when the request reached the router (reactor seconds).
+    @ivar dispatched: when it was granted this lease.
+    @ivar phases: how the wait between the two was spent, in seconds:
+        C{queue} (waiting behind others), C{stop} (other models stopping to
+        make room for this one) and C{load} (this model starting); they add
+        up to C{dispatched - arrived}.
+    """
+
+    modelId: str = attr.ib()
+    baseURL: str = attr.ib()
+    _onRelease: Callable[["Lease"], None] = attr.ib(repr=False)
+    released: bool = attr.ib(default=False)
+    arrived: float = attr.ib(default=0.0)
+    dispatched: float = attr.ib(default=0.0)
+    phases: Dict[str, float] = attr.ib(factory=lambda: {"queue": 0.0, "stop": 0.0, "load": 0.0})
+
+    def release(self) -> None:
+        """
+        Give the lease back (the request is over); idempotent.
+        """
+        if not self.released:
+            self.released = True
+            self._onRelease(self)
+
+
+@attr.s(eq=False)
+class Waiter:
+    """
+    A request (or a load) waiting for its model.
+
+    @ivar lease: C{True} for a request (it will hold a slot), C{False} for
+        a load.
+    @ivar position: the queue position last reported, or L{None}.
+    """
+
+    id: int = attr.ib()
+    modelId: str = attr.ib()
+    arrived: float = attr.ib()
+    lease: bool = attr.ib()
+    onQueuePosition: Optional[Callable[[int], None]] = attr.ib(repr=False)
+    deferred: Deferred = attr.ib(default=None, repr=False)
+    position: Optional[int] = attr.ib(default=None)
+
+
+class Ledger:
+    """
+    Waiting requests in arrival order, admission counts (waiting plus in
+    flight, what C{concurrencyLimit} bounds) and leases in flight, per model.
+    """
+
+    def __init__(self, models: Iterable[str] = ()) -> None:
+        self._waiting: List[Waiter] = []
+        self._leases: set = set()
+        self._inFlight: Dict[str, int] = {}
+        self._admitted: Dict[str, int] = {}
+        for modelId in models:
+            self.addModel(modelId)
+
+    # -- read API -----------------------------------------------------------
+
+    def inFlight(self, modelId: Optional[str] = None) -> int:
+        """
+        @return: leases in flight for C{modelId}, or over every model.
+        """
+        if modelId is None:
+            return sum(self._inFlight.values())
+        return self._inFlight.get(modelId, 0)
+
+    def admitted(self, modelId: str) -> int:
+        """
+        @return: requests of C{modelId} waiting or in flight.
+        """
+        return self._admitted.get(modelId, 0)
+
+    def queued(self, modelId: Optional[str] = None) -> int:
+        """
+        @return: requests and loads waiting for C{modelId}, or for any model.
+        """
+        if modelId is None:
+            return len(self._waiting)
+        return sum(1 for w in self._waiting if w.modelId == modelId)
+
+    def waiting(self) -> Tuple[Waiter, ...]:
+        """
+        @return: the waiting requests and loads, oldest first.
+        """
+        return tuple(self._waiting)
+
+    def leases(self) -> FrozenSet[Lease]:
+        """
+        @return: the leases in flight.
+        """
+        return frozenset(self._leases)
+
+    def idle(self) -> bool:
+        """
+        @return: whether nothing waits and nothing is in flight.
+        """
+        return not self._waiting and not self._leases
+
+    # -- written by the router -----------------------------------------------
+
+    def addModel(self, modelId: str) -> None:
+        self._inFlight.setdefault(modelId, 0)
+        self._admitted.setdefault(modelId, 0)
+
+    def removeModel(self, modelId: str) -> None:
+        """
+        Forget C{modelId}: its leases still in flight no longer count.
+        """
+        self.detach(modelId)
+        self._inFlight.pop(modelId, None)
+        self._admitted.pop(modelId, None)
+
+    def enqueue(self, waiter: Waiter) -> None:
+        self._waiting.append(waiter)
+        if waiter.lease:
+            self._admitted[waiter.modelId] += 1
+
+    def withdraw(self, waiter: Waiter) -> bool:
+        """
+        Take C{waiter} out of the queue, giving its slot back.
+
+        @return: whether it was waiting.
+        """
+        if waiter not in self._waiting:
+            return False
+        self._waiting.remove(waiter)
+        if waiter.lease:
+            self._admitted[waiter.modelId] -= 1
+        return True
+
+    def withdrawAll(self, modelId: Optional[str] = None) -> List[Waiter]:
+        """
+        Take every waiter of C{modelId} (or of every model) out of the queue.
+
+        @return: them, oldest first, for the caller to fail.
+        """
+        out = [w for w in self._waiting if modelId is None or w.modelId == modelId]
+        for waiter in out:
+            self.withdraw(waiter)
+        return out
+
+    def granted(self, waiters: List[Waiter]) -> None:
+        """
+        C{waiters} leave the queue, dispatched (their slots stay taken
+        until their leases are released).
+        """
+        done = {id(w) for w in waiters}
+        self._waiting = [w for w in self._waiting if id(w) not in done]
+
+    def lend(self, lease: Lease) -> None:
+        self._leases.add(lease)
+        self._inFlight[lease.modelId] = self._inFlight.get(lease.modelId, 0) + 1
+
+    def release(self, lease: Lease) -> bool:
+        """
+        @return: whether C{lease} counted (it was lent and not detached).
+        """
+        if lease not in self._leases:
+            return False
+        self._leases.discard(lease)
+        self._inFlight[lease.modelId] -= 1
+        self._admitted[lease.modelId] -= 1
+        return True
+
+    def detach(self, modelId: str) -> int:
+        """
+        The leases of C{modelId} stop counting (its process is being
+        replaced; their release changes nothing).
+
+        @return: how many there were.
+        """
+        gone = [lease for lease in self._leases if lease.modelId == modelId]
+        for lease in gone:
+            self.release(lease)
+        return len(gone)
