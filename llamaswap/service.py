@@ -19,6 +19,7 @@ from twisted.web.server import Request, Site
 from llamaswap.config import loadConfig
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
+from llamaswap.reload import ReloadReport
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import becomeSubreaper
@@ -200,6 +201,61 @@ class _ReloadTriggers(Service):
         return deferToThreadPool(reactor, reactor.getThreadPool(), stat).addCallback(compare)
 
 
+class _ShutdownSignals(Service):
+    """
+    SIGTERM and SIGINT: the first stops the reactor, which stops the
+    service tree gracefully (L{LlamaSwapService.stopService} drains first);
+    a second one forces the stop at once.  The handlers stay installed for
+    the whole shutdown (that is when the second signal matters).
+    """
+
+    log = Logger()
+    name = "shutdown-signals"
+
+    def __init__(self, owner: "LlamaSwapService") -> None:
+        self.owner = owner
+        self.received = 0
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.owner.reactor
+        # After the reactor installed its own handlers, which run() does.
+        reactor.callWhenRunning(lambda: reactor.callLater(0, self._install))
+
+    def _install(self) -> None:
+        reactor = self.owner.reactor
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous = signal.getsignal(signum)
+                signal.signal(signum, lambda n, frame, previous=previous: self._handle(
+                    n, frame, previous))
+            except ValueError:  # not the main thread
+                return
+
+    def _handle(self, signum: int, frame: object, previous: object) -> None:
+        # In signal context: only callFromThread, and the reactor's own
+        # handler (which stops it and makes twistd exit by this signal).
+        self.received += 1
+        if self.received == 1 and callable(previous):
+            previous(signum, frame)
+        self.owner.reactor.callFromThread(self.signalled, signum, self.received)
+
+    def signalled(self, signum: int, count: int) -> None:
+        """
+        C{signum} arrived, the C{count}th time: a graceful stop began the
+        first time; later ones force it.
+        """
+        name = signal.Signals(signum).name
+        if count == 1:
+            self.log.info(
+                "{signal}: shutting down; requests in flight get up to {timeout}s "
+                "(another {signal} stops at once)",
+                signal=name, timeout=self.owner.config.shutdownTimeout)
+        else:
+            self.log.warn("{signal} again: stopping every upstream now", signal=name)
+            self.owner.force()
+
+
 class LlamaSwapService(MultiService):
     """
     The root service: housekeeping, the observatory (logs, events,
@@ -227,7 +283,8 @@ class LlamaSwapService(MultiService):
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
-        self.router = self._router(config, {})
+        self.router = RouterService(config, reactor=self.reactor,
+                                    machineFactory=self._machine, observer=self.observatory)
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
         web = strports.service(listen, self.site, reactor=reactor)
@@ -235,118 +292,117 @@ class LlamaSwapService(MultiService):
         web.setServiceParent(self)
         if daemon:
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
+            _ShutdownSignals(self).setServiceParent(self)
         self._reloading = False
-        self._retiring: set[Deferred[None]] = set()
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop every child in reverse order, and wait as well for the models
-        a reload is still stopping.
+        Shut down gracefully: stop accepting connections, answer new
+        requests on open ones with 503, let the requests in flight and
+        those waiting for a model finish for up to C{shutdownTimeout}
+        seconds (or until L{force}), then stop every child in reverse
+        order; the router stops every upstream.
+
+        @return: a L{Deferred} that fires once every upstream process group
+            is gone.
         """
-        stopping = super().stopService()
-        return gatherResults([stopping, *self._retiring], consumeErrors=True).addCallback(
-            lambda _: None)
+        return Deferred.fromCoroutine(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        drained = self.router.drain(self.config.shutdownTimeout)
+        web = self.getServiceNamed("web")
+        try:
+            await web.stopService()
+        except Exception:
+            self.log.failure("closing the listening port")
+        if await drained:
+            self.log.info("shutdown: every request finished")
+        await MultiService.stopService(self)
+
+    def force(self) -> None:
+        """
+        Cut a graceful shutdown short: stop every upstream now (no drain,
+        no grace).
+        """
+        self.router.force()
 
     def _stateChanged(self, modelId: str, old: str, new: str) -> None:
         if new in ("stopped", "failed"):
             self.agents.reset(modelId)
         self.observatory.stateChanged(modelId, old, new)
 
-    def _router(self, config, adopted, startAfter=None) -> RouterService:
-        def machineFactory(model, onExit) -> UpstreamMachine:
-            return UpstreamMachine(
-                model,
-                reactor=self.reactor,
-                launcher=self.launcher,
-                probe=self.probe,
-                healthCheckTimeout=config.healthCheckTimeout,
-                onStateChange=self._stateChanged,
-                onOutput=self.observatory.upstreamOutput,
-                onExit=onExit,
-            )
-
-        return RouterService(config, reactor=self.reactor, machineFactory=machineFactory,
-                             observer=self.observatory, adopted=adopted,
-                             startAfter=startAfter)
+    def _machine(self, model, onExit) -> UpstreamMachine:
+        return UpstreamMachine(
+            model,
+            reactor=self.reactor,
+            launcher=self.launcher,
+            probe=self.probe,
+            healthCheckTimeout=self.config.healthCheckTimeout,
+            onStateChange=self._stateChanged,
+            onOutput=self.observatory.upstreamOutput,
+            onExit=onExit,
+        )
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
                             observatory=self.observatory, ui=self.ui)
 
-    def reload(self, config=None) -> Deferred[bool]:
+    def reload(self, config=None) -> Deferred[ReloadReport]:
         """
         Switch to a new config without a restart: read and validate it
         first (a bad file changes nothing and is logged); then models whose
         launch settings are unchanged keep running and serving (their
-        in-flight requests included), removed or changed ones are stopped,
-        and requests waiting for a model fail so that clients retry.
+        in-flight and waiting requests included), changed ones are
+        restarted and removed ones stopped (see
+        L{RouterService.reconfigure}).  A model keeps its C{${PORT}}.
 
         @param config: the new config; by default the config file is read
             again (in a thread).
-        @return: a L{Deferred} that fires with C{True} once the new config
-            serves (models it stops may still be stopping), C{False} when it
-            was refused or another reload was in progress.
+        @return: a L{Deferred} that fires with a L{ReloadReport} once the
+            new config serves (models it stops may still be stopping), or
+            with one whose C{applied} is C{False} when it was refused.
         """
         if self._reloading:
             self.log.warn("config reload already in progress; this one is dropped")
-            return succeed(False)
+            return succeed(ReloadReport(applied=False, reason="another reload is in progress"))
+        if config is None and self.configPath is None:
+            return succeed(ReloadReport(applied=False, reason="no config file to read"))
         self._reloading = True
         if config is not None:
             d = succeed(config)
-        elif self.configPath is None:
-            self._reloading = False
-            return succeed(False)
         else:
+            ports = {m.id: m.port for m in self.config.models.values() if m.port is not None}
             d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                  loadConfig, self.configPath)
+                                  loadConfig, self.configPath, None, ports)
 
-        def refused(f: Failure):
+        def refused(f: Failure) -> ReloadReport:
             self.log.error("config reload refused, the old config keeps serving: {why}",
                            why=f.getErrorMessage())
-            return None
+            return ReloadReport(applied=False, reason=f.getErrorMessage())
 
-        def switch(new) -> bool:
-            if new is None or not self.running:
-                return False
+        def switch(new) -> ReloadReport:
+            if not self.running or self.router.draining:
+                return ReloadReport(applied=False, reason="llamaswap is shutting down")
             for warning in new.warnings:
                 self.log.warn("config: {warning}", warning=warning)
-            old = self.router
-            adopted = old.handOver(new, lambda a, b: launchSettings(a) == launchSettings(b))
-            # Nothing new starts before the old processes are gone: a new
-            # model may well get a port an old one still holds.
-            oldStopped: Deferred[None] = Deferred()
-            self.router = self._router(new, adopted, startAfter=oldStopped)
-            self.config = new
+            self.config = new  # before the router builds new machines
+            done = self.router.reconfigure(
+                new, lambda a, b: launchSettings(a) == launchSettings(b))
             self.observatory.reconfigure(new)
-            # The new router takes the old one's place in the tree (and so
-            # in the stop order); the old one stops what it kept, and a
-            # shutdown meanwhile waits for that too.
-            index = self.services.index(old)
-            old.disownServiceParent()
-            self.router.setServiceParent(self)
-            self.services.remove(self.router)
-            self.services.insert(index, self.router)
             self.site.resource = self._api(new).resource()
-            retiring = old.adoptLeases(self.router)
-            self._retiring.add(retiring)
-
-            def retired(result: object) -> None:
-                self._retiring.discard(retiring)
-                oldStopped.callback(None)
-
-            retiring.addBoth(retired)
-            self.log.info("config reloaded: {count} models, {kept} kept running",
-                          count=len(new.models), kept=len(adopted))
-            return True
-
-        d.addErrback(refused)
-        d.addCallback(switch)
+            self.log.info(
+                "config reloaded: {count} models, {kept} kept running, {restarted} restarted, "
+                "{added} added, {removed} removed",
+                count=len(new.models), kept=len(done.running), restarted=len(done.restarted),
+                added=len(done.added), removed=len(done.removed))
+            return ReloadReport(applied=True, kept=done.kept, restarted=done.restarted,
+                                added=done.added, removed=done.removed)
 
         def done(result):
             self._reloading = False
             return result
 
-        return d.addBoth(done)
+        return d.addCallbacks(switch, refused).addBoth(done)
 
 
 def makeRootService(

@@ -49,6 +49,7 @@ class FakeMachine:
         self.state = "stopped"
         self.pid = None
         self.failure = None
+        self.graces: list = []
         self.onExit = onExit
         self.log = log
         self.starting: Deferred | None = None
@@ -64,6 +65,7 @@ class FakeMachine:
 
     def stop(self, grace=None):
         self.log.append(("stop", self.modelId))
+        self.graces.append(grace)
         if self.state in ("stopped", "failed"):
             return succeed(None)
         if self.starting is not None:
@@ -820,3 +822,60 @@ models:
         old.finishStop()
         self.assertEqual(self.router.machines["b"].state, "stopped")
         self.assertNotIn(("start", "b"), self.log[2:])
+
+
+class DrainTests(RouterTestsBase):
+    """
+    A shutdown drains first: no new requests, those in flight and those
+    waiting for a model finish, bounded in time; force() cuts it short.
+    """
+
+    def test_drainWaitsForRequestsInFlight(self):
+        lease = self.ready("a")
+        drained = self.router.drain(10)
+        self.assertTrue(self.router.draining)
+        self.assertRaises(ShuttingDown, self.router.acquire, "a")
+        self.assertNoResult(drained)
+        lease.release()
+        self.assertIs(self.successResultOf(drained), True)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_drainServesRequestsWaitingForAStartingModel(self):
+        waiting = self.router.acquire("b")
+        drained = self.router.drain(10)
+        self.assertEqual(self.m["b"].state, "starting")
+        self.m["b"].becomeReady()
+        lease = self.successResultOf(waiting)
+        self.assertNoResult(drained)
+        lease.release()
+        self.assertIs(self.successResultOf(drained), True)
+
+    def test_drainIsBounded(self):
+        self.ready("a")
+        drained = self.router.drain(10)
+        self.clock.advance(9.9)
+        self.assertNoResult(drained)
+        self.clock.advance(0.1)
+        self.assertIs(self.successResultOf(drained), False)
+
+    def test_idleRouterDrainsAtOnce(self):
+        self.assertIs(self.successResultOf(self.router.drain(10)), True)
+
+    def test_forceEndsTheDrainAndKillsAtOnce(self):
+        self.ready("a")
+        drained = self.router.drain(10)
+        self.router.force()
+        self.assertIs(self.successResultOf(drained), False)
+        stopped = self.router.stopService()
+        self.assertEqual(self.m["a"].graces, [0])
+        self.m["a"].finishStop()
+        self.successResultOf(stopped)
+
+    def test_forceDuringTheStopsHurriesThem(self):
+        self.ready("a")
+        stopped = self.router.stopService()
+        self.assertEqual(self.m["a"].graces, [None])
+        self.router.force()
+        self.assertEqual(self.m["a"].graces, [None, 0])
+        self.m["a"].finishStop()
+        self.successResultOf(stopped)

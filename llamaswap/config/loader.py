@@ -85,12 +85,18 @@ VAR_KEY = re.compile(r"^[a-zA-Z0-9]{1,8}$")
 TIMEOUT_KEYS = ("connect", "keepalive", "responseHeader", "tlsHandshake", "expectContinue", "idleConn")
 
 
-def loadConfig(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+def loadConfig(
+    path: str,
+    environ: Optional[Mapping[str, str]] = None,
+    ports: Optional[Mapping[str, int]] = None,
+) -> Config:
     """
     Read and validate the configuration file at C{path}.
 
     @param environ: the environment for C{${env.NAME}} macros; defaults to
         L{os.environ}.
+    @param ports: model id -> the C{${PORT}} it had (a reload keeps them);
+        other models get ports none of these use.
 
     @raise ConfigError: for the first problem found, including an unreadable
         file (C{cannot read <path>: <reason>}).
@@ -103,22 +109,49 @@ def loadConfig(path: str, environ: Optional[Mapping[str, str]] = None) -> Config
         raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError("", f"cannot read {path}: not UTF-8 text ({e.reason})") from None
-    return loadConfigText(text, environ)
+    return loadConfigText(text, environ, ports)
 
 
-def loadConfigText(text: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+def loadConfigText(
+    text: str,
+    environ: Optional[Mapping[str, str]] = None,
+    ports: Optional[Mapping[str, int]] = None,
+) -> Config:
     """
     Validate configuration text.
 
     @param environ: the environment for C{${env.NAME}} macros; defaults to
         L{os.environ}.
+    @param ports: as for L{loadConfig}.
 
     @raise ConfigError: for the first problem found.
     """
     if environ is None:
         environ = os.environ
     text = substituteEnvMacros(text, environ)
-    return _Builder().build(compose(text))
+    return _Builder(ports).build(compose(text))
+
+
+class _Ports:
+    """
+    Hands out C{${PORT}} values from C{startPort} in model order; a model
+    with a port of its own (kept across a reload) gets it back, and nobody
+    else gets one of those.
+    """
+
+    def __init__(self, startPort: int, kept: Optional[Mapping[str, int]]) -> None:
+        self.next = startPort
+        self.kept = dict(kept or {})
+        self.reserved = set(self.kept.values())
+
+    def take(self, modelId: str) -> int:
+        if modelId in self.kept:
+            return self.kept[modelId]
+        while self.next in self.reserved:
+            self.next += 1
+        port = self.next
+        self.next += 1
+        return port
 
 
 def sanitizeCommand(text: str) -> str:
@@ -198,8 +231,9 @@ class _Builder:
     Turns the composed document into a L{Config}, collecting warnings.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ports: Optional[Mapping[str, int]] = None) -> None:
         self.warnings: List[str] = []
+        self.ports = ports
 
     def section(self, node: Optional[Node], path: str, anchor: Optional[Node] = None) -> Section:
         return Section(node, path, self.warnings, anchor)
@@ -207,7 +241,14 @@ class _Builder:
     def build(self, root: Optional[Node]) -> Config:
         top = self.section(root, "")
 
-        healthCheckTimeout = max(top.int("healthCheckTimeout", 120), 15)
+        healthCheckTimeout = top.int("healthCheckTimeout", 120)
+        if healthCheckTimeout < 15:
+            self.warnings.append(
+                f"healthCheckTimeout: {healthCheckTimeout}s is raised to its minimum, 15s")
+            healthCheckTimeout = 15
+        shutdownTimeout = top.int("shutdownTimeout", 10)
+        if shutdownTimeout < 0:
+            raise top.error("shutdownTimeout", "shutdownTimeout must be >= 0")
 
         logLevel = top.str("logLevel", "info").strip().lower()
         if logLevel == "warning":
@@ -289,6 +330,7 @@ class _Builder:
         top.finish()
         return Config(
             healthCheckTimeout=healthCheckTimeout,
+            shutdownTimeout=shutdownTimeout,
             logLevel=logLevel,
             logTimeFormat=logTimeFormat,
             logToStdout=logToStdout,
@@ -415,7 +457,7 @@ class _Builder:
     ) -> Tuple[Dict[str, ModelConfig], Dict[str, str]]:
         allIds = set(sec.keys())
         aliasOwner: Dict[str, str] = {}
-        nextPort = [startPort]
+        nextPort = _Ports(startPort, self.ports)
         models = {}
         entries = {key: (keyNode, valueNode) for key, keyNode, valueNode in sec.entries()}
         for modelId in sorted(entries):
@@ -648,7 +690,7 @@ class _ModelBuilder:
         path: str,
         allIds: Set[str],
         aliasOwner: Dict[str, str],
-        nextPort: List[int],
+        nextPort: _Ports,
         globalTTL: int,
         globalMacros: MacroList,
         sendLoadingState: bool,
@@ -771,8 +813,7 @@ class _ModelBuilder:
                     "${PORT} is only available when used in cmd",
                     nodes["proxy"],
                 )
-            port = self.nextPort[0]
-            self.nextPort[0] += 1
+            port = self.nextPort.take(modelId)
             portText = str(port)
             cmd = cmd.replace("${PORT}", portText)
             cmdStop = cmdStop.replace("${PORT}", portText)

@@ -271,10 +271,14 @@ class Config:
         model while loaded models keep taking new requests; past it, the
         models blocking its swap stop taking new requests, drain, and are
         swapped out.  C{0} means no bound (llamaswap's own key).
+    @ivar shutdownTimeout: seconds a shutdown (SIGTERM) lets requests in
+        flight, and requests waiting for a model, finish before every
+        upstream is stopped (llamaswap's own key).
     @ivar warnings: unknown keys and other things worth logging at load.
     """
 
     healthCheckTimeout: int = 120
+    shutdownTimeout: int = 10
     logLevel: str = "info"
     logTimeFormat: str = ""
     logToStdout: str = "proxy"

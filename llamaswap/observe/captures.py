@@ -237,6 +237,17 @@ class CaptureStore:
         self.usedBytes += size
         return True
 
+    def resize(self, maxBytes: int) -> None:
+        """
+        Change the budget (a config reload); the oldest captures go first
+        when it shrank.
+        """
+        self.maxBytes = max(0, int(maxBytes))
+        while self._items and self.usedBytes > self.maxBytes:
+            _, evicted = self._items.popitem(last=False)
+            self.usedBytes -= evicted.size
+            self.evicted += 1
+
     def has(self, captureId: int) -> bool:
         """
         @return: whether capture C{captureId} is stored.

@@ -10,7 +10,9 @@ the web routes that read it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+from zope.interface import implementer
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -22,6 +24,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from llamaswap.interfaces import IRouterReport
 from llamaswap.observe.captures import CaptureStore
 from llamaswap.observe.events import (
     EventBus,
@@ -41,6 +44,26 @@ from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.tokens import ActivityLog
 
 
+#: The runtime fields of a C{modelStatus} record, and their values while
+#: nothing is known.
+RUNTIME_DEFAULTS: dict[str, Any] = {
+    "state": "stopped",
+    "since": None,
+    "inFlight": 0,
+    "queued": 0,
+    "pid": None,
+    "port": None,
+    "lastUsed": None,
+    "unloadAt": None,
+    "failure": None,
+    "progress": None,
+}
+
+#: Load progress is published at most this often per model (seconds).
+PROGRESS_INTERVAL = 0.5
+
+
+@implementer(IRouterReport)
 class Observatory(Service):
     """
     Owns the observability state of one running llamaswap.
@@ -74,14 +97,8 @@ class Observatory(Service):
         self.bus = EventBus()
         self.captures = CaptureStore.fromConfig(config.captureBuffer)
         self.activity = ActivityLog(config.metricsMaxInMemory, reactor, self.captures)
-        self.performance: PerformanceMonitor | None = None
-        if not config.performance.disabled:
-            self.performance = PerformanceMonitor(
-                systemProbe if systemProbe is not None else SystemProbe(),
-                gpuProbe if gpuProbe is not None else NvmlProbe(),
-                reactor,
-                every=config.performance.every,
-            )
+        self._probes = (systemProbe, gpuProbe)
+        self.performance = self._monitor(config)
         self.gpu = self.performance
         self.metrics = Metrics(self.performance)
         self.streams = LogStreams(reactor)
@@ -97,7 +114,8 @@ class Observatory(Service):
         self._unsubscribe: list[Callable[[], None]] = []
         self._shapeOwnLog = shapeOwnLog
         self._shaped: list[tuple[Any, Any]] = []
-        self._states: dict[str, str] = {}
+        self._runtime: dict[str, dict[str, Any]] = {}
+        self._progressAt: dict[str, float] = {}
         self._inflight = 0
 
     # -- IService -----------------------------------------------------------
@@ -156,15 +174,43 @@ class Observatory(Service):
 
     def reconfigure(self, config) -> None:
         """
-        A reload switched to C{config}: the UI's model list follows it.
-        (Buffer sizes, captures and the performance monitor keep the
-        settings they started with.)
+        A reload switched to C{config}: the UI's model list follows it, and
+        so do C{captureBuffer} and C{performance} (the monitor is replaced
+        when its settings changed).  Log buffer sizes keep what they
+        started with.
         """
-        self.config = config
-        for modelId in list(self._states):
+        old, self.config = self.config, config
+        for modelId in list(self._runtime):
             if modelId not in config.models:
-                del self._states[modelId]
+                del self._runtime[modelId]
+        if config.captureBuffer != old.captureBuffer:
+            self.captures.resize(max(0, int(config.captureBuffer)) * 1048576)
+        if config.performance != old.performance:
+            self._replacePerformance(config)
         self.bus.publish("modelStatus", self.modelStatus())
+
+    def _monitor(self, config) -> PerformanceMonitor | None:
+        if config.performance.disabled:
+            return None
+        systemProbe, gpuProbe = self._probes
+        return PerformanceMonitor(
+            systemProbe if systemProbe is not None else SystemProbe(),
+            gpuProbe if gpuProbe is not None else NvmlProbe(),
+            self.reactor,
+            every=config.performance.every,
+        )
+
+    def _replacePerformance(self, config) -> None:
+        previous = self.performance
+        if previous is not None and previous.running:
+            previous.stopService().addErrback(
+                lambda f: self.log.failure("stopping the performance monitor", f))
+        self.performance = self._monitor(config)
+        if self.performance is not None and self.running:
+            self.performance.startService()
+        self.gpu = self.performance
+        self.metrics.attachMonitor(self.performance)
+        self.metricsResource.enabled = self.performance is not None
 
     # -- fed by the upstream machines ---------------------------------------
 
@@ -181,21 +227,74 @@ class Observatory(Service):
         """
         A model's upstream changed state: Prometheus and the UI hear of it.
         """
-        self._states[modelId] = new
+        fields: dict[str, Any] = {"state": new, "since": self.reactor.seconds()}
+        if new in ("stopped", "failed"):
+            fields.update(pid=None, progress=None, unloadAt=None, inFlight=0)
+        if new == "starting":
+            fields["failure"] = None
         self.metrics.stateChanged(modelId, new)
+        self._update(modelId, **fields)
+
+    def runtime(self, modelId: str) -> dict[str, Any]:
+        """
+        @return: the runtime fields of C{modelId}'s C{modelStatus} record
+            (see L{RUNTIME_DEFAULTS}), a copy.
+        """
+        return {**RUNTIME_DEFAULTS, **self._runtime.get(modelId, {})}
+
+    def _update(self, modelId: str, publish: bool = True, **fields: Any) -> None:
+        record = self._runtime.setdefault(modelId, {})
+        changed = any(record.get(k, RUNTIME_DEFAULTS.get(k)) != v for k, v in fields.items())
+        record.update(fields)
+        if changed and publish:
+            self.bus.publish("modelStatus", self.modelStatus())
+
+    # -- fed by the router (IRouterReport) -----------------------------------
+
+    def stopBegan(self, modelId: str, why: str) -> None:
+        self._update(modelId, stopReason=why, publish=False)
+
+    def stopEnded(self, modelId: str) -> None:
+        self._update(modelId, pid=None, progress=None, unloadAt=None)
+
+    def loadBegan(self, modelId: str, pid: Optional[int], port: Optional[int]) -> None:
+        self._progressAt.pop(modelId, None)
+        self._update(modelId, pid=pid, port=port, failure=None)
+
+    def ready(self, modelId: str, seconds: float) -> None:
+        self._update(modelId, progress=None, lastLoad=seconds, publish=False)
         self.bus.publish("modelStatus", self.modelStatus())
 
-    # -- fed by the router (the methods of its RouterObserver) --------------
+    def failed(self, modelId: str, failure: dict) -> None:
+        self._update(modelId, failure=failure, progress=None)
+
+    def inFlight(self, modelId: str, count: int, total: int) -> None:
+        self._update(modelId, inFlight=count)
+        if total != self._inflight:
+            self._inflight = total
+            self.bus.publish("inflight", {"total": total})
+
+    def queueDepth(self, modelId: str, queued: int, total: int) -> None:
+        self.metrics.queueDepth(total)
+        self._update(modelId, queued=queued)
+
+    def idle(self, modelId: str, lastUsed: Optional[float], unloadAt: Optional[float]) -> None:
+        self._update(modelId, lastUsed=lastUsed, unloadAt=unloadAt)
+
+    def progress(self, modelId: str, progress: Optional[dict]) -> None:
+        """
+        Published at most every L{PROGRESS_INTERVAL} seconds per model
+        (always when it ends).
+        """
+        now = self.reactor.seconds()
+        last = self._progressAt.get(modelId)
+        throttled = progress is not None and last is not None and now - last < PROGRESS_INTERVAL
+        self._update(modelId, progress=progress, publish=not throttled)
+        if not throttled:
+            self._progressAt[modelId] = now
 
     def swapDone(self, modelId: str, seconds: float) -> None:
         self.metrics.swapDone(modelId, seconds)
-
-    def inflightChanged(self, total: int) -> None:
-        self._inflight = total
-        self.bus.publish("inflight", {"total": total})
-
-    def queueDepth(self, depth: int) -> None:
-        self.metrics.queueDepth(depth)
 
     # -- read by the UI -------------------------------------------------------
 
@@ -209,14 +308,15 @@ class Observatory(Service):
         """
         records = []
         for modelId, model in sorted(self.config.models.items()):
+            runtime = self.runtime(modelId)
             record = {
                 "id": modelId,
                 "name": model.name,
                 "description": model.description,
-                "state": self._states.get(modelId, "stopped"),
                 "unlisted": model.unlisted,
                 "peerID": "",
             }
+            record.update((k, runtime[k]) for k in RUNTIME_DEFAULTS)
             if model.aliases:
                 record["aliases"] = list(model.aliases)
             records.append(record)

@@ -212,6 +212,7 @@ class RouterService(Service):
         self._stepping = False
         self._again = False
         self._draining = False
+        self._forced = False
         self._drained: List[Deferred[None]] = []
         self._shuttingDown = False
         self._preloading: Optional[Deferred] = None
@@ -457,11 +458,25 @@ class RouterService(Service):
             inflight=self.ledger.inFlight(), queued=self.ledger.queued(), timeout=timeout)
         return d
 
+    @property
+    def draining(self) -> bool:
+        """
+        Whether a L{drain} (a shutdown) began: no new request is taken.
+        """
+        return self._draining or self._shuttingDown
+
     def force(self) -> None:
         """
-        End a L{drain} now.
+        End a L{drain} now, and make the shutdown's stops kill at once (no
+        C{unloadTimeout} grace), those in progress included.
         """
+        self._forced = True
         self._drainEnded(False)
+        if self._shuttingDown:
+            for machine in [*self.machines.values(), *self._retiring]:
+                if machine.state in LIVE:
+                    machine.stop(0).addErrback(
+                        lambda f: self.log.failure("forcing a stop", f))
 
     def _drainEnded(self, clean: bool) -> None:
         waiters, self._drained = self._drained, []
@@ -895,7 +910,7 @@ class RouterService(Service):
         self._stops[modelId] = stop
         self.log.info("[{model}] stopping ({why})", model=modelId, why=why)
         self._tell("stopBegan", modelId, why)
-        d = machine.stop()
+        d = machine.stop(0 if self._forced else None)
         d.addBoth(self._stopped, modelId, stop)
         d.addErrback(lambda f: self.log.failure("[{model}] handling a stop", f, model=modelId))
         return waiter

@@ -16,7 +16,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from llamaswap._version import __version__
-from llamaswap.errors import BadRequest, LlamaSwapError, UnknownModel, UpstreamUnreachable
+from llamaswap.errors import (
+    BadRequest,
+    LlamaSwapError,
+    ShuttingDown,
+    UnknownModel,
+    UpstreamUnreachable,
+)
 from llamaswap.proxy.body import ClientBody, readClientBody
 from llamaswap.proxy.filters import applyFilters
 from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
@@ -123,12 +129,16 @@ class _Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped, apiKeys) -> None:
+    def __init__(self, wrapped, apiKeys, draining=lambda: False) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.apiKeys = tuple(apiKeys)
+        self.draining = draining
 
     def render(self, request) -> bytes:
+        if self.draining():  # shutting down: requests in flight finish, no new ones
+            request.setHeader(b"connection", b"close")
+            return renderError(request, ShuttingDown("llamaswap is shutting down"))
         if request.method == b"OPTIONS":
             return self.preflight(request)
         if self.apiKeys and not isOpenPath(request.method, request.path):
@@ -215,7 +225,8 @@ class LlamaSwapAPI:
         """
         @return: the L{IResource} serving this API.
         """
-        return _Front(self.app.resource(), self.config.apiKeys)
+        return _Front(self.app.resource(), self.config.apiKeys,
+                      lambda: getattr(self.router, "draining", False))
 
     # -- errors -----------------------------------------------------------
 

@@ -39,7 +39,10 @@ class ReloadTests(TestCase):
             + demoModels(["change", "added"], "--tokens 3").replace("models:\n", "")
             + GROUP.format(members="keep, change, added"))
         self.assertEqual(new.models["keep"], daemon.config.models["keep"])
-        self.assertTrue(await daemon.root.reload(new))
+        report = await daemon.root.reload(new)
+        self.assertEqual(report.toJSON(), {
+            "applied": True, "reason": None, "kept": ["keep"], "restarted": ["change"],
+            "added": ["added"], "removed": ["drop"]})
 
         self.assertEqual(await daemon.chatPid("keep"), keep)
         # A request for the changed model waits for its old process to go.
@@ -60,5 +63,28 @@ class ReloadTests(TestCase):
         with open(path, "w") as f:
             f.write("models:\n  m:\n    cmd: srv\n    ttl: soon\n")
         daemon.root.configPath = path
-        self.assertFalse(await daemon.root.reload())
+        report = await daemon.root.reload()
+        self.assertFalse(report.applied)
+        self.assertIn("ttl", report.reason)
         self.assertEqual(await daemon.chatPid("m"), pid)
+
+    @asyncTest
+    async def test_addedModelDoesNotShiftThePortsOfOthers(self) -> None:
+        """
+        A model added before a running one in sorted order (the file read
+        again, as SIGHUP does) gets a free port: the running model keeps
+        its ${PORT}, so its cmd is unchanged and it keeps running.
+        """
+        daemon = InProcessDaemon(self, demoModels(["m"]))
+        pid = await daemon.chatPid("m")
+        port = daemon.root.config.models["m"].port
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f"startPort: {daemon.config.startPort}\n" + demoModels(["a", "m"]))
+        daemon.root.configPath = path
+        report = await daemon.root.reload()
+        self.assertEqual((report.applied, report.kept, report.added), (True, ("m",), ("a",)))
+        self.assertEqual(daemon.root.config.models["m"].port, port)
+        self.assertNotEqual(daemon.root.config.models["a"].port, port)
+        self.assertEqual(await daemon.chatPid("m"), pid)
+        await daemon.chatPid("a")
