@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from tests.integration.support import (
+    asyncTest,
     PROJECT_ROOT,
     alive,
     eventually,
@@ -235,3 +236,94 @@ async def listedModels(http, base: str) -> set[str]:
 
 async def _hasModels(models, expected: set[str]) -> bool:
     return await models() == expected
+
+
+class GracefulShutdownTests(TestCase):
+    """
+    SIGTERM drains: streams in flight finish, a request waiting for a model
+    that is starting is served, a new request on an open connection gets
+    503, then every upstream stops; a second SIGTERM stops at once.
+    """
+
+    timeout = 120
+
+    def daemon(self, shutdownTimeout: int, tokens: int, delay: float):
+        port = freePort()
+        path = os.path.abspath(self.mktemp())
+        python = json.dumps(sys.executable)
+        model = ("  {name}:\n    cmd: |\n      " + python + " -m llamaswap.demo --port ${{PORT}}"
+                 f" --model {{name}} --tokens {tokens} --token-delay {delay}\n")
+        with open(path, "w") as f:
+            f.write(f"startPort: {freePortRun(2)}\nshutdownTimeout: {shutdownTimeout}\n"
+                    "models:\n" + model.format(name="busy") + model.format(name="cold")
+                    + "groups:\n  all:\n    swap: false\n    members: [busy, cold]\n")
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 1
+        keepAlive = HTTPClient(Agent(reactor, pool=pool))
+        self.addCleanup(pool.closeCachedConnections)
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        base = f"http://127.0.0.1:{port}"
+        proto = runTwistd(self, "-n", "llamaswap", "-c", path, "--listen", f"127.0.0.1:{port}")
+        return proto, http, keepAlive, base
+
+    @staticmethod
+    async def stream(http, base: str, model: str, started: list) -> tuple[int, bytes, int]:
+        body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        response = await http.post(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"})
+        pid = int(response.headers.getRawHeaders(b"x-demo-pid")[0])
+        started.append(pid)
+        return response.code, await response.content(), pid
+
+    async def up(self, proto, http, base: str) -> None:
+        async def healthy() -> bool:
+            if proto.ended.called:
+                self.fail("twistd exited:\n" + proto.output.decode(errors="replace"))
+            try:
+                return (await (await http.get(base + "/health")).content()) == b"OK"
+            except Exception:
+                return False
+
+        await eventually(healthy, timeout=30)
+
+    @asyncTest
+    async def test_inFlightRequestsFinishThenEverythingStops(self) -> None:
+        proto, http, keepAlive, base = self.daemon(30, tokens=20, delay=0.1)
+        await self.up(proto, http, base)
+        self.assertEqual((await keepAlive.get(base + "/health")).code, 200)  # an open connection
+        started: list[int] = []
+        streams = [Deferred.fromCoroutine(self.stream(http, base, "busy", started))
+                   for _ in range(5)]
+        await eventually(lambda: len(started) == 5, timeout=30)
+        waiting = Deferred.fromCoroutine(self.stream(http, base, "cold", []))
+        await eventually(lambda: b"[cold] starting" in proto.output, timeout=30)
+        os.kill(proto.transport.pid, signal.SIGTERM)
+        await eventually(lambda: b"shutting down" in proto.output, timeout=10)
+        refused = await keepAlive.get(base + "/v1/models")
+        self.assertEqual(refused.code, 503)
+        self.assertIn(b"shutting down", await refused.content())
+        for d in [*streams, waiting]:
+            code, body, pid = await d
+            self.assertEqual(code, 200)
+            self.assertIn(b"[DONE]", body)
+        reason = await proto.ended
+        self.assertIn(reason.exitCode or reason.signal, (0, signal.SIGTERM), proto.output)
+        self.assertIn(b"shutdown: every request finished", proto.output)
+        self.assertEqual([p for p in started if alive(p)], [])
+
+    @asyncTest
+    async def test_secondSigtermStopsAtOnce(self) -> None:
+        proto, http, _, base = self.daemon(300, tokens=2000, delay=0.05)
+        await self.up(proto, http, base)
+        started: list[int] = []
+        stream = Deferred.fromCoroutine(self.stream(http, base, "busy", started))
+        stream.addErrback(lambda f: None)  # it is cut
+        await eventually(lambda: len(started) == 1, timeout=30)
+        os.kill(proto.transport.pid, signal.SIGTERM)
+        await eventually(lambda: b"shutting down" in proto.output, timeout=10)
+        self.assertFalse(proto.ended.called)
+        os.kill(proto.transport.pid, signal.SIGTERM)
+        reason = await proto.ended
+        self.assertIn(reason.exitCode or reason.signal, (0, signal.SIGTERM), proto.output)
+        self.assertIn(b"again: stopping every upstream now", proto.output)
+        self.assertFalse(alive(started[0]))
