@@ -44,6 +44,19 @@ class ILauncher(Interface):
         @return: how many were reaped.
         """
 
+    def escapees(tag, pgid):
+        """
+        @return: the pids of live processes outside the group C{pgid} whose
+            environment carries C{tag} (see C{UPSTREAM_TAG}): descendants of
+            an upstream that left its process group (C{setsid}, a daemon's
+            double fork).
+        """
+
+    def signalPids(pids, signal):
+        """
+        Send C{signal} to each of C{pids}; one that is gone is not an error.
+        """
+
 
 class IHealthProbe(Interface):
     """

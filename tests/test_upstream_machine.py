@@ -22,6 +22,7 @@ from llamaswap.upstream.machine import (
     PROBE_MAX_DELAY,
     goDuration,
 )
+from llamaswap.upstream.process import UPSTREAM_TAG
 from tests.fakes import FakeLauncher, FakeProbe, StubModelConfig
 
 TERM = signal.SIGTERM
@@ -249,14 +250,17 @@ class StartTests(MachineTestCase):
     def test_environment(self) -> None:
         """
         The command gets an explicit dict: the base environment plus the
-        model's env entries, which win.
+        model's env entries, which win, plus the run's tag (unique to it).
         """
         machine = self.machine(
             checkEndpoint=None, env=(("SHARED", "model"), ("CUDA_VISIBLE_DEVICES", "1"))
         )
         self.successResultOf(machine.start())
+        env = dict(self.launcher.spawns[0][2])
+        tag = env.pop(UPSTREAM_TAG)
+        self.assertTrue(tag.endswith("-m1-" + tag.rsplit("-", 1)[1]))
         self.assertEqual(
-            self.launcher.spawns[0][2],
+            env,
             {
                 "PATH": "/usr/bin:/bin",
                 "HOME": "/home/llama",
@@ -272,7 +276,9 @@ class StartTests(MachineTestCase):
         machine = self.machine(checkEndpoint=None, environ=None, env=(("X_LLAMA", "1"),))
         self.successResultOf(machine.start())
         expected = dict(os.environ, X_LLAMA="1")
-        self.assertEqual(self.launcher.spawns[0][2], expected)
+        env = dict(self.launcher.spawns[0][2])
+        env.pop(UPSTREAM_TAG)
+        self.assertEqual(env, expected)
 
     def test_emptyCommand(self) -> None:
         """
@@ -850,7 +856,9 @@ class StopTests(MachineTestCase):
         self.assertEqual(
             self.launcher.spawns[1][1], ["docker", "stop", "--pid={}".format(pid), str(pid)]
         )
-        self.assertEqual(self.launcher.spawns[1][2], self.launcher.spawns[0][2])
+        startEnv = dict(self.launcher.spawns[0][2])
+        startEnv.pop(UPSTREAM_TAG)
+        self.assertEqual(self.launcher.spawns[1][2], startEnv, "cmdStop is not tagged")
         self.assertEqual(self.launcher.signals, [])
         upstream.exit(code=0)
         self.assertNoResult(stopped)

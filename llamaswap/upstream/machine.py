@@ -22,6 +22,7 @@ C{starting} (spawning the process and starting the readiness probe).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from llamaswap.upstream.process import UpstreamProcessProtocol
+from llamaswap.upstream.process import UPSTREAM_TAG, UpstreamProcessProtocol
 from llamaswap.upstream.ports import portInUse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,8 @@ FAILED_START_GRACE = 5.0
 #: loopback, or a 503 from a loading llama-server, costs microseconds).
 PROBE_FIRST_DELAY = 0.005
 PROBE_MAX_DELAY = 0.01
+
+_runs = itertools.count(1)
 
 #: How often a stopping group is checked for live processes.
 POLL_FIRST_DELAY = 0.005
@@ -235,6 +238,7 @@ class _Termination:
         self._pollCall: IDelayedCall | None = None
         self._pollDelay = POLL_FIRST_DELAY
         self._killed = False
+        self._warnedEscapees = False
         self.done = False
 
     def begin(self) -> None:
@@ -260,6 +264,36 @@ class _Termination:
             )
         if not self._groups:
             self._check()
+
+    def _escapees(self) -> list[int]:
+        """
+        @return: live descendants of the run that left its process group.
+        """
+        find = getattr(self._core.launcher, "escapees", None)
+        if find is None or self._run.tag is None:
+            return []
+        try:
+            return list(find(self._run.tag, self._run.pgid))
+        except Exception:
+            self.log.failure("[{model}] looking for escaped processes", model=self._core.model.id)
+            return []
+
+    def _signalEscapees(self, signum: int) -> bool:
+        """
+        Signal the run's escaped descendants.
+
+        @return: whether there were any.
+        """
+        pids = self._escapees()
+        if pids:
+            if signum == signal.SIGKILL or not self._warnedEscapees:
+                self.log.warn(
+                    "[{model}] processes {pids} left the upstream's process group; "
+                    "sending them signal {signal}",
+                    model=self._core.model.id, pids=pids, signal=int(signum))
+                self._warnedEscapees = True
+            self._core.launcher.signalPids(pids, signum)
+        return bool(pids)
 
     def hurry(self, grace: float) -> None:
         """
@@ -306,6 +340,7 @@ class _Termination:
                 return
         if run.pgid is not None:
             core.launcher.signalGroup(run.pgid, signal.SIGTERM)
+        self._signalEscapees(signal.SIGTERM)
 
     def _stopCommandExited(self, reason: object, argv: list[str]) -> None:
         if not isinstance(reason, ProcessDone):
@@ -332,6 +367,7 @@ class _Termination:
         self._killCall = None
         for pgid, _ in self._groups:
             self._core.launcher.signalGroup(pgid, signal.SIGKILL)
+        self._signalEscapees(signal.SIGKILL)
 
     def _leaderExited(self, reason: object, pgid: int) -> None:
         self._waitingFor -= 1
@@ -342,7 +378,8 @@ class _Termination:
         if self.done or self._waitingFor:
             return
         launcher = self._core.launcher
-        if any(launcher.groupAlive(pgid) for pgid, _ in self._groups):
+        if any(launcher.groupAlive(pgid) for pgid, _ in self._groups) or self._signalEscapees(
+                signal.SIGKILL if self._killed else signal.SIGTERM):
             self._pollCall = self._core.clock.callLater(self._pollDelay, self._check)
             self._pollDelay = min(self._pollDelay * 2, POLL_MAX_DELAY)
             return
@@ -366,6 +403,7 @@ class _Run:
     protocol: UpstreamProcessProtocol
     startedAt: float
     pgid: int | None = None
+    tag: str | None = None
     url: str | None = None
     probing: bool = False
     probeAttempts: int = 0
@@ -504,8 +542,11 @@ class _Core:
                 "llama-swap running with the same startPort?)".format(port)
             )
             return run
+        run.tag = "{}-{}-{}".format(os.getpid(), model.id, next(_runs))
+        env = self.environment()
+        env[UPSTREAM_TAG] = run.tag
         try:
-            transport = self.launcher.spawn(model.id, argv, self.environment(), protocol)
+            transport = self.launcher.spawn(model.id, argv, env, protocol)
         except Exception as e:
             upstream._spawnFailed(
                 "failed to start command '{}': {}".format(model.cmd, e)

@@ -32,6 +32,8 @@ from twisted.python.failure import Failure
 from llamaswap.interfaces import ILauncher
 
 __all__ = [
+    "UPSTREAM_TAG",
+    "findTagged",
     "UpstreamProcessProtocol",
     "Launcher",
     "becomeSubreaper",
@@ -53,6 +55,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 _SETSID_FALLBACK = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 _PROC = "/proc"
+
+#: The environment variable that marks every process of one upstream run:
+#: descendants inherit it even when they leave the process group, so that a
+#: stop finds them (unless one clears its environment).
+UPSTREAM_TAG = "LLAMASWAP_UPSTREAM"
 
 # Default of Launcher(setsid=...): look it up with shutil.which.
 _WHICH = object()
@@ -262,6 +269,43 @@ def _readStat(path: str) -> tuple[str, int, int] | None:
         return None
 
 
+def findTagged(tag: str, pgid: int | None = None, procRoot: str = _PROC) -> list[int]:
+    """
+    Scan C{procRoot} for live processes whose environment holds
+    C{UPSTREAM_TAG=tag} and whose process group is not C{pgid}.
+
+    Only processes of our own user can be read; that is every process an
+    upstream we spawned can have started (unless it changed user).
+
+    @return: their pids.
+    """
+    needle = "{}={}".format(UPSTREAM_TAG, tag).encode("utf-8") + b"\0"
+    try:
+        names = os.listdir(procRoot)
+    except OSError:
+        return []
+    me = str(os.getpid())
+    found = []
+    for name in names:
+        if not name.isdigit() or name == me:
+            continue
+        try:
+            with open(os.path.join(procRoot, name, "environ"), "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if not environ.startswith(needle) and (b"\0" + needle) not in environ:
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, _ppid, pgrp = stat
+        if state in ("Z", "X", "x") or pgrp == pgid:
+            continue
+        found.append(int(name))
+    return found
+
+
 def becomeSubreaper(enable: bool = True) -> bool:
     """
     Make this process a child subreaper (Linux C{PR_SET_CHILD_SUBREAPER}), so
@@ -446,6 +490,28 @@ class Launcher:
         if not self._useProc:
             return True
         return procGroupAlive(pgid)
+
+    def escapees(self, tag: str, pgid: int | None) -> list[int]:
+        """
+        @return: the live processes tagged C{tag} outside the group C{pgid}
+            (see L{findTagged}); none where there is no C{/proc}.
+        """
+        if not self._useProc:
+            return []
+        return findTagged(tag, pgid)
+
+    def signalPids(self, pids: Sequence[int], signal: int) -> None:
+        """
+        Send C{signal} to each of C{pids}.
+        """
+        for pid in pids:
+            try:
+                os.kill(pid, signal)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                self.log.warn("not allowed to send signal {signal} to {pid}",
+                              signal=signal, pid=pid)
 
     def reapOrphans(self) -> int:
         """

@@ -41,6 +41,14 @@ def _procState(pid: int) -> str | None:
     return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
+def _procName(pid: int) -> str | None:
+    try:
+        with open("/proc/{}/comm".format(pid)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     return _procState(pid) not in (None, "Z", "X", "x")
 
@@ -217,10 +225,45 @@ class UpstreamMachineRealTests(TestCase):
 
             with self.assertRaises(UpstreamStartError) as caught:
                 await machine.start()
-            self.assertIn("exited prematurely", caught.exception.message)
-            await _eventually(lambda: machine.state == "failed")
+            error = caught.exception
+            self.assertIn("exited prematurely", error.message)
+            # Told only once nothing is left of it, with the reason.
+            self.assertEqual(machine.state, "failed")
+            self.assertEqual(error.exitCode, 127)
+            self.assertIn("nonexistent", " ".join(error.lastLines))
+            self.assertIn("No such file or directory", error.clientMessage())
+            self.assertEqual(machine.failure["exitCode"], 127)
             await self.launcher.allEnded()
             self.assertIn("nonexistent", machine.outputTail())
+
+        return ensureDeferred(run())
+
+    def test_stopKillsDescendantsThatLeftTheGroup(self) -> Deferred[None]:
+        """
+        A helper started with setsid (a new session, outside the upstream's
+        process group) is found by the run's tag and killed with it, even
+        when it ignores SIGTERM.
+        """
+        script = (
+            "setsid sh -c \"trap '' TERM; echo escaped \\$\\$; exec sleep 300\" & "
+            "while :; do sleep 0.05; done"
+        )
+        machine = self.machine(
+            id="escaper", argv=("sh", "-c", script), cmd="sh -c ...", checkEndpoint=None
+        )
+
+        async def run() -> None:
+            await machine.start()
+            await _eventually(lambda: any(l.startswith("escaped ") for l in self.lines))
+            [line] = [l for l in self.lines if l.startswith("escaped ")]
+            helper = int(line.split()[1])
+            self.addCleanup(lambda: _alive(helper) and os.kill(helper, signal.SIGKILL))
+            self.assertNotEqual(os.getpgid(helper), machine.pid)
+            await _eventually(lambda: _procName(helper) == "sleep")
+            started = time.monotonic()
+            await machine.stop(grace=0.5)
+            self.assertLess(time.monotonic() - started, 5)
+            self.assertFalse(_alive(helper))
 
         return ensureDeferred(run())
 
