@@ -23,6 +23,7 @@ from llamaswap.reload import ReloadReport
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import becomeSubreaper
+from llamaswap.upstream.progress import LoadProgress
 from llamaswap.web.app import LlamaSwapAPI
 from llamaswap.web.ui import UIResource, staticPath
 
@@ -223,7 +224,6 @@ class _ShutdownSignals(Service):
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._install))
 
     def _install(self) -> None:
-        reactor = self.owner.reactor
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 previous = signal.getsignal(signum)
@@ -285,6 +285,7 @@ class LlamaSwapService(MultiService):
         self.ui = UIResource(staticPath())
         self.router = RouterService(config, reactor=self.reactor,
                                     machineFactory=self._machine, observer=self.observatory)
+        self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
         web = strports.service(listen, self.site, reactor=reactor)
@@ -317,7 +318,10 @@ class LlamaSwapService(MultiService):
             self.log.failure("closing the listening port")
         if await drained:
             self.log.info("shutdown: every request finished")
-        await MultiService.stopService(self)
+        try:
+            await MultiService.stopService(self)
+        finally:
+            self.progress.stop()
 
     def force(self) -> None:
         """
@@ -329,6 +333,13 @@ class LlamaSwapService(MultiService):
     def _stateChanged(self, modelId: str, old: str, new: str) -> None:
         if new in ("stopped", "failed"):
             self.agents.reset(modelId)
+        if new == "starting":
+            machine = self.router.machines.get(modelId)
+            model = self.config.models.get(modelId)
+            if machine is not None and model is not None:
+                self.progress.began(modelId, machine.pid, model.argv)
+        elif old == "starting":
+            self.progress.ended(modelId, new == "ready")
         self.observatory.stateChanged(modelId, old, new)
 
     def _machine(self, model, onExit) -> UpstreamMachine:

@@ -66,6 +66,27 @@ class LoadingStreamTests(SynchronousTestCase):
         self.clock.pump([0.1] * 20)
         self.assertIn("\nQueue position: #3 ", typed(self.request)[0])
 
+    def test_loadProgressIsReported(self):
+        """
+        The model's load progress is typed as "loading qwen: 43 %" each time
+        it moves; a stream without progress types none.
+        """
+        progress = {"fraction": 0.43}
+        stream = LoadingStream(self.request, self.clock, "qwen", rng=random.Random(1),
+                               progress=lambda: progress)
+        stream.start()
+        self.clock.pump([0.1] * 20)
+        progress = {"fraction": 0.871}
+        self.clock.pump([0.1] * 20)
+        text = typed(self.request)[0]
+        self.assertEqual(text.count("loading qwen: 43 %"), 1, text)
+        self.assertIn("\nloading qwen: 87 % ", text)
+        self.stream = LoadingStream(DummyRequest([b""]), self.clock, "qwen",
+                                    rng=random.Random(1))
+        self.stream.start()
+        self.clock.pump([0.1] * 40)
+        self.assertNotIn(" %", typed(self.stream.request)[0])
+
     def test_remarksAppearAfterAFewSeconds(self):
         self.stream.start()
         self.clock.pump([0.05] * 200)

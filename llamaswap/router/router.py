@@ -200,6 +200,7 @@ class RouterService(Service):
         self._depths: Dict[str, int] = {}
         self._idleSince: Dict[str, float] = {}
         self._lastUsed: Dict[str, float] = {}
+        self._progress: Dict[str, dict] = {}
         self._closed: Dict[str, Close] = {}
         self._swaps: Dict[str, float] = {}  # target -> when its swap began
         # Recent [began, ended] windows, for the phases of each lease: other
@@ -331,16 +332,35 @@ class RouterService(Service):
             return None
         return since + ttl
 
+    def loadProgress(self, modelId: str, progress: Optional[dict]) -> None:
+        """
+        How far C{modelId}'s load is (see L{IRouterReport.progress}), or
+        L{None} once it is over: kept for L{runningModels} and reported.
+        """
+        if progress is None:
+            if self._progress.pop(modelId, None) is None:
+                return
+        else:
+            self._progress[modelId] = progress
+        self._tell("progress", modelId, progress)
+
+    def progressOf(self, modelId: str) -> Optional[dict]:
+        """
+        @return: C{modelId}'s load progress, or L{None} when not loading.
+        """
+        return self._progress.get(modelId)
+
     def runningModels(self) -> List[dict]:
         """
-        @return: one record per model that is not stopped, sorted by id, in
-            the shape of the reference's C{/running} plus C{inFlight},
-            C{queued}, C{pid}, C{port}, C{lastUsed}, C{unloadAt} and
-            C{failure}.
+        @return: one record per model with a process (starting, ready or
+            stopping: not stopped or failed), sorted by id, in the shape of
+            the reference's C{/running} plus C{inFlight}, C{queued}, C{pid},
+            C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure} and
+            C{progress}.
         """
         out = []
         for modelId, machine in sorted(self.machines.items()):
-            if machine.state == "stopped":
+            if machine.state not in LIVE:
                 continue
             model = self.config.models[modelId]
             out.append(
@@ -358,7 +378,9 @@ class RouterService(Service):
                     "port": getattr(model, "port", None),
                     "lastUsed": self._lastUsed.get(modelId),
                     "unloadAt": self.unloadAt(modelId),
+                    "since": getattr(machine, "since", None),
                     "failure": getattr(machine, "failure", None),
+                    "progress": self._progress.get(modelId),
                 }
             )
         return out

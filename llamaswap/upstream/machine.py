@@ -431,6 +431,7 @@ class _Core:
     onExit: Callable[[str, object], None]
     portInUse: Callable[[str], bool]
     state: str = "stopped"
+    since: float | None = None
     run: _Run | None = None
     lastProtocol: UpstreamProcessProtocol | None = None
     startWaiters: list[Deferred[None]] = field(default_factory=list)
@@ -449,6 +450,7 @@ class _Core:
         if old == new:
             return
         self.state = new
+        self.since = self.clock.seconds()
         self.log.debug(
             "[{model}] {old} -> {new}", model=self.model.id, old=old, new=new
         )
@@ -934,6 +936,14 @@ class UpstreamMachine:
         C{"stopped"}, C{"starting"}, C{"ready"}, C{"stopping"} or C{"failed"}.
         """
         return self._core.state
+
+    @property
+    def since(self) -> float | None:
+        """
+        When L{state} was entered (the clock's seconds), L{None} before the
+        first change.
+        """
+        return self._core.since
 
     @property
     def pid(self) -> int | None:

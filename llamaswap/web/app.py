@@ -259,7 +259,8 @@ class LlamaSwapAPI:
             and self.config.models[modelId].sendLoadingState
             and not self.router.isReady(modelId)
         ):
-            loading = LoadingStream(request, self.clock, modelId)
+            loading = LoadingStream(request, self.clock, modelId, progress=lambda: getattr(
+                self.router, "progressOf", lambda m: None)(modelId))
         try:
             if loading is None:
                 lease = await self.router.acquire(body.model)

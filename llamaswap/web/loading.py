@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import deque
+from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -53,10 +54,14 @@ class LoadingStream:
     @param clock: schedules typing and progress marks.
     @param modelId: the model being loaded.
     @param rng: chooses remarks and their timing.
+    @param progress: returns the model's load progress (its C{fraction}
+        is shown as C{"loading qwen: 43 %"} each time it moves a percent),
+        or L{None}.
     """
 
     def __init__(self, request, clock: IReactorTime, modelId: str,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 progress: Optional[Callable[[], Optional[dict]]] = None) -> None:
         self.request = request
         self.clock = clock
         self.modelId = modelId
@@ -71,6 +76,8 @@ class LoadingStream:
         self._queueChanged = False
         self._nextRemark = 0.0
         self._drained: Deferred[None] | None = None
+        self._progress = progress
+        self._percent: int | None = None
 
     def start(self) -> None:
         """
@@ -141,15 +148,29 @@ class LoadingStream:
     def _tick(self) -> None:
         self._ticker = None
         now = self.clock.seconds()
+        percent = self._loadPercent()
         if self._queueChanged:
             self._queueChanged = False
             self._type("\n", f"Queue position: #{self._queuePosition}", " ")
+        elif percent is not None and percent != self._percent:
+            self._percent = percent
+            self._type("\n", f"loading {self.modelId}: {percent} %", " ")
         elif now >= self._nextRemark:
             self._nextRemark = now + self.rng.uniform(5, 9)
             self._type("\n", self.rng.choice(REMARKS), " ")
         else:
             self._type(".")
         self._ticker = self.clock.callLater(TICK, self._tick)
+
+    def _loadPercent(self) -> int | None:
+        if self._progress is None:
+            return None
+        try:
+            progress = self._progress()
+        except Exception:
+            return None
+        fraction = progress.get("fraction") if progress else None
+        return None if fraction is None else int(fraction * 100)
 
     def _type(self, *pieces: str) -> None:
         for piece in pieces:

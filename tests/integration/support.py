@@ -150,8 +150,14 @@ class InProcessDaemon:
     an HTTP client; stopped by the test's cleanup.
     """
 
-    def __init__(self, testCase, configText: str) -> None:
+    def __init__(self, testCase, configText: str, **overrides: object) -> None:
+        """
+        @param overrides: top-level config fields to replace after
+            validation (to go below a validated minimum, say).
+        """
         import json as _json
+
+        import attr
 
         from twisted.web.client import Agent, HTTPConnectionPool
         from treq.client import HTTPClient
@@ -162,6 +168,8 @@ class InProcessDaemon:
         self._json = _json
         port = freePort()
         self.config = loadConfigText(f"startPort: {freePortRun(8)}\n" + configText)
+        if overrides:
+            self.config = attr.evolve(self.config, **overrides)
         self.root = makeRootService(self.config, reactor, f"tcp:{port}:interface=127.0.0.1")
         self.root.startService()
         testCase.addCleanup(self.root.stopService)

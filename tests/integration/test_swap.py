@@ -11,7 +11,9 @@ import sys
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
-from tests.integration.support import InProcessDaemon, alive, demoModels
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.support import InProcessDaemon, alive, asyncTest, demoModels, eventually
 
 CONFIG = demoModels(["model-a", "model-b"], "--tokens 5") + f"""
   broken:
@@ -55,7 +57,10 @@ class DaemonInProcessTests(TestCase):
             response, body = await self.daemon.chat("broken")
             self.assertEqual(response.code, 502)
             message = json.loads(body)["error"]["message"]
-            self.assertIn("exited prematurely", message)
+            self.assertIn("upstream failed to start", message)
+            self.assertIn("exited prematurely (exit code 2)", message)
+            self.assertIn("cannot load weights", message)
+            self.assertEqual(await self.daemon.getJSON("/running"), {"running": []})
             response, body = await self.daemon.chat("model-a")
             self.assertEqual(response.code, 200)
 
@@ -120,3 +125,78 @@ class DaemonInProcessTests(TestCase):
             self.assertEqual(json.loads(body)["usage"]["completion_tokens"], 5)
 
         return Deferred.fromCoroutine(run())
+
+
+class SwapMetricsTests(TestCase):
+    timeout = 60
+
+    @asyncTest
+    async def test_swapsAreCountedInPrometheus(self) -> None:
+        """
+        Three real swaps (a, b, a) move llamaswap_swaps_total and the
+        llamaswap_swap_duration_seconds histogram.
+        """
+        daemon = InProcessDaemon(self, CONFIG)
+        for model in ("model-a", "model-b", "model-a"):
+            await daemon.chatPid(model)
+        response = await daemon.http.get(daemon.base + "/metrics")
+        samples = {}
+        for family in text_string_to_metric_families((await response.content()).decode()):
+            for sample in family.samples:
+                key = (sample.name, sample.labels.get("model"))
+                samples[key] = samples.get(key, 0) + sample.value
+        self.assertEqual(samples[("llamaswap_swaps_total", "model-a")], 2)
+        self.assertEqual(samples[("llamaswap_swaps_total", "model-b")], 1)
+        self.assertEqual(samples[("llamaswap_swap_duration_seconds_count", "model-a")], 2)
+        self.assertGreater(samples[("llamaswap_swap_duration_seconds_sum", "model-b")], 0)
+
+
+HANGING = f"""
+  hang:
+    cmd: |
+      {json.dumps(sys.executable)} -c "import time; print('loading forever', flush=True); time.sleep(300)"
+    proxy: http://127.0.0.1:9
+"""
+
+
+class FaultTests(TestCase):
+    timeout = 60
+
+    @asyncTest
+    async def test_healthCheckTimeoutLeavesNothingBehind(self) -> None:
+        """
+        Past healthCheckTimeout the client gets a 502 only once the process
+        is gone, and /running no longer lists the model.
+        """
+        daemon = InProcessDaemon(self, demoModels(["model-a"]) + HANGING,
+                                 healthCheckTimeout=1)
+        pending = Deferred.fromCoroutine(daemon.chat("hang"))
+        await eventually(lambda: daemon.router.machines["hang"].pid is not None, timeout=10)
+        pid = daemon.router.machines["hang"].pid
+        response, body = await pending
+        self.assertEqual(response.code, 502)
+        message = json.loads(body)["error"]["message"]
+        self.assertIn("health check timed out", message)
+        self.assertIn("loading forever", message)
+        self.assertFalse(alive(pid))
+        self.assertEqual(await daemon.getJSON("/running"), {"running": []})
+
+    @asyncTest
+    async def test_aHungRequestDoesNotKeepTwoModelsDown(self) -> None:
+        """
+        A request hangs on h; a request for c arrives.  After maxQueueWait
+        h is closed; after another maxQueueWait without draining it is
+        stopped anyway, and c is served.
+        """
+        daemon = InProcessDaemon(
+            self, "maxQueueWait: 1\n"
+            + demoModels(["h"], "--tokens 100000 --token-delay 1")
+            + demoModels(["c"]).replace("models:\n", ""))
+        hung = Deferred.fromCoroutine(daemon.chat("h", stream=True))
+        hung.addErrback(lambda f: None)
+        await eventually(lambda: daemon.router.ledger.inFlight("h") == 1, timeout=20)
+        hPid = daemon.router.machines["h"].pid
+        response, body = await daemon.chat("c")
+        self.assertEqual(response.code, 200, body)
+        self.assertFalse(alive(hPid))
+        self.assertEqual(daemon.router.ledger.inFlight("h"), 0)
