@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
-__all__ = ["Lease", "Waiter", "Ledger"]
+__all__ = ["Lease", "Waiter", "Ledger", "Drain"]
 
 
 @attr.s(eq=False)
@@ -204,3 +205,62 @@ class Ledger:
         for lease in gone:
             self.release(lease)
         return len(gone)
+
+
+class Drain:
+    """
+    Waits, for a bounded time, until a L{Ledger} is idle (a shutdown's
+    drain).
+
+    @ivar began: whether L{begin} was called (no new request is taken).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, ledger: Ledger) -> None:
+        self._clock = clock
+        self._ledger = ledger
+        self._waiters: List[Deferred[bool]] = []
+        self.began = False
+
+    def begin(self, timeout: float) -> Deferred[bool]:
+        """
+        @return: a L{Deferred} that fires with C{True} once the ledger is
+            idle (at once if it is), or with C{False} after C{timeout}
+            seconds or on L{end}.
+        """
+        self.began = True
+        if self._ledger.idle():
+            return succeed(True)
+        d: Deferred[bool] = Deferred()
+        self._waiters.append(d)
+        call = self._clock.callLater(timeout, self.end, False)
+
+        def cancel(result: bool) -> bool:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(cancel)
+        self.log.info(
+            "draining: {inflight} requests in flight, {queued} waiting; up to {timeout}s",
+            inflight=self._ledger.inFlight(), queued=self._ledger.queued(), timeout=timeout)
+        return d
+
+    def check(self) -> None:
+        """
+        The ledger changed: end the drain if it is idle.
+        """
+        if self._waiters and self._ledger.idle():
+            self.end(True)
+
+    def end(self, clean: bool) -> None:
+        """
+        End the drain: C{clean} when nothing was left.
+        """
+        waiters, self._waiters = self._waiters, []
+        if waiters and not clean:
+            self.log.warn("drain ended with {inflight} requests in flight, {queued} waiting",
+                          inflight=self._ledger.inFlight(), queued=self._ledger.queued())
+        for d in waiters:
+            d.callback(clean)

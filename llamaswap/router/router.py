@@ -2,31 +2,23 @@
 """
 The router: the single owner of "which model runs, which request waits".
 
-L{RouterService} owns all of the routing state: the waiting requests with
-their arrival times, the upstream machines, the in-flight count of every
-model, the models closed to new requests, the swaps and stops in progress
-and the one timer that wakes it (for a request reaching C{maxQueueWait} or
-a model's TTL).  Every event handler records its event in one line or two
-and calls L{RouterService._step}, which asks the pure
-L{llamaswap.router.scheduler.decide} what to do and applies its decisions to
-the machines.  Everything runs in the reactor thread, so no locks are
-needed; C{_step} only guards against re-entrancy (an event that happens
-while decisions are being applied makes it run the scheduler once more).
-
-The events: a request arrived (L{RouterService.acquire},
-L{RouterService.load}) or was cancelled; a lease was released; an upstream
-became ready, failed to start, exited on its own or finished stopping; the
-wake-up timer fired; an unload was asked; the service stops.
+L{RouterService} owns the upstream machines, and trusts each machine's own
+state; its L{Ledger} holds the waiting requests, the admission counts and the
+leases.  Every event (a request arrived or was cancelled, a lease was
+released, an upstream became ready, failed, exited or stopped, the wake-up
+timer fired, an unload, a reconfigure, a shutdown) is recorded in a line or
+two and followed by L{RouterService._step}, which asks the pure
+L{llamaswap.router.scheduler.decide} what to do and applies its decisions.
+Everything runs in the reactor thread; C{_step} only guards against
+re-entrancy.  What happens is told to an L{IRouterReport}.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Protocol, Set
+from typing import Callable, Dict, List, Optional, Set
 
 import attr
-from zope.interface import implementer
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,9 +32,16 @@ from llamaswap.errors import (
     TooManyRequests,
     UnknownModel,
 )
-from llamaswap.interfaces import IRouterReport, ISwapPlanner
-from llamaswap.router.ledger import Lease, Ledger, Waiter
-from llamaswap.upstream.machine import StartAborted, UpstreamStartError
+from llamaswap.interfaces import ISwapPlanner
+from llamaswap.router.ledger import Drain, Lease, Ledger, Waiter
+from llamaswap.router.phases import PhaseBook
+from llamaswap.router.report import (
+    Machine,
+    Reconfigured,
+    RouterObserver,
+    preloadAll,
+    runningRecords,
+)
 from llamaswap.router.scheduler import (
     LIVE,
     Close,
@@ -54,85 +53,9 @@ from llamaswap.router.scheduler import (
     Stop,
     decide,
 )
+from llamaswap.upstream.exits import StartAborted, UpstreamStartError
 
 __all__ = ["Machine", "Lease", "RouterService", "RouterObserver", "Reconfigured"]
-
-
-class Machine(Protocol):
-    """
-    What the router needs of one model's upstream (an
-    L{llamaswap.upstream.UpstreamMachine}).
-    """
-
-    modelId: str
-    state: str
-    pid: Optional[int]
-    failure: Optional[dict]
-
-    def start(self) -> Deferred[None]:
-        ...
-
-    def stop(self, grace: Optional[float] = None) -> Deferred[None]:
-        ...
-
-
-@implementer(IRouterReport)
-class RouterObserver:
-    """
-    What the router reports as it works (see L{IRouterReport}); this one
-    ignores it all.
-    """
-
-    def stopBegan(self, modelId: str, why: str) -> None:
-        pass
-
-    def stopEnded(self, modelId: str) -> None:
-        pass
-
-    def loadBegan(self, modelId: str, pid: Optional[int], port: Optional[int]) -> None:
-        pass
-
-    def ready(self, modelId: str, seconds: float) -> None:
-        pass
-
-    def failed(self, modelId: str, failure: dict) -> None:
-        pass
-
-    def inFlight(self, modelId: str, count: int, total: int) -> None:
-        pass
-
-    def queueDepth(self, modelId: str, queued: int, total: int) -> None:
-        pass
-
-    def idle(self, modelId: str, lastUsed: Optional[float], unloadAt: Optional[float]) -> None:
-        pass
-
-    def progress(self, modelId: str, progress: Optional[dict]) -> None:
-        pass
-
-    def swapDone(self, modelId: str, seconds: float) -> None:
-        pass
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class Reconfigured:
-    """
-    What L{RouterService.reconfigure} did, by model id.
-
-    @ivar kept: models whose machine was kept (those running keep running,
-        with their in-flight and waiting requests).
-    @ivar restarted: running models whose launch settings changed: stopped,
-        and started again on their next request.
-    @ivar added: models new to the config.
-    @ivar removed: models the config no longer has (stopped if running).
-    @ivar running: the kept models that are running (not stopped or failed).
-    """
-
-    kept: tuple = ()
-    restarted: tuple = ()
-    added: tuple = ()
-    removed: tuple = ()
-    running: tuple = ()
 
 
 @attr.s(eq=False)
@@ -203,18 +126,14 @@ class RouterService(Service):
         self._progress: Dict[str, dict] = {}
         self._closed: Dict[str, Close] = {}
         self._swaps: Dict[str, float] = {}  # target -> when its swap began
-        # Recent [began, ended] windows, for the phases of each lease: other
-        # models stopping to make room for a model, and the model loading.
-        self._stopWindows: Dict[str, Deque[list]] = {}
-        self._loadWindows: Dict[str, Deque[list]] = {}
+        self.phaseBook = PhaseBook()
         self._stops: Dict[str, _StopInProgress] = {}
         self._wake: Optional[IDelayedCall] = None
         self._wakeAt: Optional[float] = None
         self._stepping = False
         self._again = False
-        self._draining = False
+        self._drain = Drain(reactor, self.ledger)
         self._forced = False
-        self._drained: List[Deferred[None]] = []
         self._shuttingDown = False
         self._preloading: Optional[Deferred] = None
         self._lastPlan = Plan()
@@ -259,7 +178,7 @@ class RouterService(Service):
         modelId = self.config.resolve(name)
         if modelId is None or modelId not in self.machines:
             raise UnknownModel("no router for requested model")
-        if self._shuttingDown or self._draining:
+        if self.draining:
             raise ShuttingDown("llamaswap is shutting down")
         if limited and self.ledger.admitted(modelId) >= self.config.models[modelId].concurrencyLimit:
             raise TooManyRequests("Too many requests")
@@ -279,7 +198,7 @@ class RouterService(Service):
         modelId = self.config.resolve(name)
         if modelId is None or modelId not in self.machines:
             raise UnknownModel("model not found")
-        if self._shuttingDown or self._draining:
+        if self.draining:
             raise ShuttingDown("llamaswap is shutting down")
         return self._enqueue(modelId, False, None)
 
@@ -344,6 +263,16 @@ class RouterService(Service):
             self._progress[modelId] = progress
         self._tell("progress", modelId, progress)
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self._reactor
+
+    def lastUsed(self, modelId: str) -> Optional[float]:
+        """
+        @return: when C{modelId} last took or finished a request, or L{None}.
+        """
+        return self._lastUsed.get(modelId)
+
     def progressOf(self, modelId: str) -> Optional[dict]:
         """
         @return: C{modelId}'s load progress, or L{None} when not loading.
@@ -358,32 +287,7 @@ class RouterService(Service):
             C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure} and
             C{progress}.
         """
-        out = []
-        for modelId, machine in sorted(self.machines.items()):
-            if machine.state not in LIVE:
-                continue
-            model = self.config.models[modelId]
-            out.append(
-                {
-                    "model": modelId,
-                    "state": machine.state,
-                    "cmd": model.cmd,
-                    "proxy": model.proxy,
-                    "ttl": model.ttl,
-                    "name": model.name,
-                    "description": model.description,
-                    "inFlight": self.ledger.inFlight(modelId),
-                    "queued": self.ledger.queued(modelId),
-                    "pid": machine.pid,
-                    "port": getattr(model, "port", None),
-                    "lastUsed": self._lastUsed.get(modelId),
-                    "unloadAt": self.unloadAt(modelId),
-                    "since": getattr(machine, "since", None),
-                    "failure": getattr(machine, "failure", None),
-                    "progress": self._progress.get(modelId),
-                }
-            )
-        return out
+        return runningRecords(self)
 
     def reconfigure(self, config, keep: Callable[[object, object], bool]) -> Reconfigured:
         """
@@ -468,24 +372,14 @@ class RouterService(Service):
             and nothing is in flight, or with C{False} after C{timeout}
             seconds or on L{force}.
         """
-        self._draining = True
-        if self.ledger.idle():
-            return succeed(True)
-        d: Deferred[bool] = Deferred()
-        self._drained.append(d)
-        call = self._reactor.callLater(timeout, self._drainEnded, False)
-        d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
-        self.log.info(
-            "draining: {inflight} requests in flight, {queued} waiting; up to {timeout}s",
-            inflight=self.ledger.inFlight(), queued=self.ledger.queued(), timeout=timeout)
-        return d
+        return self._drain.begin(timeout)
 
     @property
     def draining(self) -> bool:
         """
         Whether a L{drain} (a shutdown) began: no new request is taken.
         """
-        return self._draining or self._shuttingDown
+        return self._drain.began or self._shuttingDown
 
     def force(self) -> None:
         """
@@ -493,20 +387,12 @@ class RouterService(Service):
         C{unloadTimeout} grace), those in progress included.
         """
         self._forced = True
-        self._drainEnded(False)
+        self._drain.end(False)
         if self._shuttingDown:
             for machine in [*self.machines.values(), *self._retiring]:
                 if machine.state in LIVE:
                     machine.stop(0).addErrback(
                         lambda f: self.log.failure("forcing a stop", f))
-
-    def _drainEnded(self, clean: bool) -> None:
-        waiters, self._drained = self._drained, []
-        if waiters and not clean:
-            self.log.warn("drain ended with {inflight} requests in flight, {queued} waiting",
-                          inflight=self.ledger.inFlight(), queued=self.ledger.queued())
-        for d in waiters:
-            d.callback(clean)
 
     # -- IService ---------------------------------------------------------
 
@@ -518,31 +404,9 @@ class RouterService(Service):
         super().startService()
         preload = tuple(self.config.hooks.preload)
         if preload:
-            d = Deferred.fromCoroutine(self._preload(preload))
+            d = Deferred.fromCoroutine(preloadAll(self, preload))
             d.addErrback(lambda f: self.log.failure("preload", f))
             self._preloading = d
-
-    async def _preload(self, modelIds) -> None:
-        for modelId in modelIds:
-            if self._shuttingDown:
-                return
-            began = self._reactor.seconds()
-            try:
-                await self.load(modelId)
-            except ShuttingDown:
-                return
-            except Exception as e:
-                self.log.error(
-                    "failed to preload model {model}: {why}",
-                    model=modelId,
-                    why=getattr(e, "message", None) or repr(e),
-                )
-            else:
-                self.log.info(
-                    "preloaded model {model} in {seconds:.3f}s",
-                    model=modelId,
-                    seconds=self._reactor.seconds() - began,
-                )
 
     def stopService(self) -> Deferred[None]:
         """
@@ -555,7 +419,7 @@ class RouterService(Service):
         super().stopService()
         self._shuttingDown = True
         self._setWake(None)
-        self._drainEnded(False)
+        self._drain.end(False)
         for waiter in self.ledger.withdrawAll():
             waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
         stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
@@ -605,17 +469,12 @@ class RouterService(Service):
         self._step()
         self._tell("idle", modelId, now, self.unloadAt(modelId))
 
-    def _closeLoadWindow(self, modelId: str, now: float) -> None:
-        windows = self._loadWindows.get(modelId)
-        if windows and windows[-1][1] is None:
-            windows[-1][1] = now
-
     def _started(self, _: object, machine: Machine, startedAt: float, swapBegan: float) -> None:
         modelId = machine.modelId
         if self.machines.get(modelId) is not machine:
             return
         now = self._reactor.seconds()
-        self._closeLoadWindow(modelId, now)
+        self.phaseBook.loadEnded(modelId, now)
         self._idleSince[modelId] = now
         self.log.info(
             "[{model}] ready: start took {start:.3f}s, swap {swap:.3f}s",
@@ -634,7 +493,7 @@ class RouterService(Service):
         modelId = machine.modelId
         if self.machines.get(modelId) is not machine:
             return
-        self._closeLoadWindow(modelId, self._reactor.seconds())
+        self.phaseBook.loadEnded(modelId, self._reactor.seconds())
         if reason.check(StartAborted):
             self.log.info("[{model}] start aborted by a stop", model=modelId)
             self._step()
@@ -705,8 +564,7 @@ class RouterService(Service):
                     self._reportPositions(self._lastPlan)
         finally:
             self._stepping = False
-        if self._drained and self.ledger.idle():
-            self._drainEnded(True)
+        self._drain.check()
 
     def _plan(self) -> Plan:
         now = self._reactor.seconds()
@@ -781,9 +639,7 @@ class RouterService(Service):
         self._stopModel(decision.model, why)
         stop = self._stops.get(decision.model)
         if decision.forModel is not None and stop is not None:
-            window = [now, None]
-            self._stopWindows.setdefault(decision.forModel, deque(maxlen=8)).append(window)
-            stop.windows.append(window)
+            stop.windows.append(self.phaseBook.stopBegan(decision.forModel, now))
 
     def _reportDepths(self) -> None:
         depths: Dict[str, int] = {}
@@ -815,32 +671,12 @@ class RouterService(Service):
             self._releaseLease,
             arrived=waiter.arrived,
             dispatched=now,
-            phases=self._phases(modelId, waiter.arrived, now),
+            phases=self.phaseBook.phases(modelId, waiter.arrived, now),
         )
         self.ledger.lend(lease)
         self._lastUsed[modelId] = now
         self._tell("inFlight", modelId, self.ledger.inFlight(modelId), self.ledger.inFlight())
         return lease
-
-    def _phases(self, modelId: str, arrived: float, dispatched: float) -> Dict[str, float]:
-        """
-        @return: how a request for C{modelId} that waited from C{arrived}
-            to C{dispatched} spent that time: other models stopping for
-            C{modelId}, C{modelId} loading, and the rest queueing.
-        """
-
-        def overlap(windows) -> float:
-            total = 0.0
-            for began, ended in windows:
-                ended = dispatched if ended is None else ended
-                total += max(0.0, min(ended, dispatched) - max(began, arrived))
-            return total
-
-        stop = overlap(self._stopWindows.get(modelId, ()))
-        load = overlap(self._loadWindows.get(modelId, ()))
-        waited = max(0.0, dispatched - arrived)
-        stop, load = min(stop, waited), min(load, max(0.0, waited - stop))
-        return {"queue": max(0.0, waited - stop - load), "stop": stop, "load": load}
 
     def _explain(self, target: str, running) -> None:
         try:
@@ -898,8 +734,7 @@ class RouterService(Service):
         if machine.state not in ("stopped", "failed"):
             return
         swapBegan = self._swaps.pop(modelId, now)
-        window = [now, None]
-        self._loadWindows.setdefault(modelId, deque(maxlen=4)).append(window)
+        self.phaseBook.loadBegan(modelId, now)
         self.log.info("[{model}] starting", model=modelId)
         d = machine.start()
         self._tell("loadBegan", modelId, machine.pid,

@@ -9,7 +9,7 @@ asked for, or the process exited with status 0: ends C{stopped}), C{failing}
 (a failed start or a crash: ends C{failed}) and C{restarting} (a start was
 asked for while stopping: ends C{stopped}, then starts again).
 
-Every way out of a live process goes through a L{_Termination}, which ends
+Every way out of a live process goes through a L{Termination}, which ends
 only when the group leader has been reaped and no live process is left in
 its process group, so that the port and the GPU memory are free.
 
@@ -24,20 +24,27 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol
 
 from automat import TypeMachineBuilder, pep614
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from llamaswap.upstream.process import UPSTREAM_TAG, UpstreamProcessProtocol
+from llamaswap.upstream.exits import (
+    StartAborted,
+    UpstreamStartError,
+    describeExit,
+    exitCodeOf,
+    goDuration,
+)
 from llamaswap.upstream.ports import portInUse
+from llamaswap.upstream.process import UPSTREAM_TAG, UpstreamProcessProtocol
+from llamaswap.upstream.termination import Termination
 
 if TYPE_CHECKING:  # pragma: no cover
     from llamaswap.config import ModelConfig
@@ -59,125 +66,6 @@ PROBE_MAX_DELAY = 0.01
 
 _runs = itertools.count(1)
 
-#: How often a stopping group is checked for live processes.
-POLL_FIRST_DELAY = 0.005
-POLL_MAX_DELAY = 0.05
-
-
-class UpstreamStartError(Exception):
-    """
-    An upstream could not be made ready.
-
-    @ivar message: what went wrong, in the reference's words (for example
-        C{"upstream command exited prematurely (exit code 1)"}).
-    @ivar exitCode: the command's exit status when it exited by itself
-        (a signal is C{-N}), else L{None}.
-    @ivar lastLines: the last lines the command printed.
-    """
-
-    def __init__(
-        self, message: str, exitCode: int | None = None, lastLines: tuple[str, ...] = ()
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exitCode = exitCode
-        self.lastLines = tuple(lastLines)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def clientMessage(self) -> str:
-        """
-        @return: what a client is told: that the upstream failed to start,
-            why, and the last lines it printed.
-        """
-        out = "upstream failed to start: " + self.message
-        if self.lastLines:
-            out += "; last output: " + " | ".join(self.lastLines)
-        return out
-
-    def record(self) -> dict:
-        """
-        @return: C{{"reason", "exitCode", "lastLines"}} for the UI.
-        """
-        return {
-            "reason": self.message,
-            "exitCode": self.exitCode,
-            "lastLines": list(self.lastLines),
-        }
-
-
-class StartAborted(UpstreamStartError):
-    """
-    A start was aborted by a stop (not a failure of the upstream).
-    """
-
-    def __init__(self) -> None:
-        super().__init__("aborted")
-
-
-def goDuration(seconds: float) -> str:
-    """
-    Format a duration the way Go's C{time.Duration.String} does.
-
-    @return: e.g. C{"15s"}, C{"2m0s"}, C{"1h0m0s"}, C{"1.5s"}, C{"500ms"}.
-    """
-    ns = round(seconds * 1e9)
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-
-    def fraction(value: int, unit: int) -> str:
-        whole, rest = divmod(value, unit)
-        if not rest:
-            return str(whole)
-        digits = len(str(unit)) - 1
-        return "{}.{}".format(whole, str(rest).rjust(digits, "0").rstrip("0"))
-
-    if ns < 1000:
-        return "{}{}ns".format(sign, ns)
-    if ns < 1000_000:
-        return "{}{}\u00b5s".format(sign, fraction(ns, 1000))
-    if ns < 1000_000_000:
-        return "{}{}ms".format(sign, fraction(ns, 1000_000))
-    hours, ns = divmod(ns, 3600 * 1000_000_000)
-    minutes, ns = divmod(ns, 60 * 1000_000_000)
-    out = sign
-    if hours:
-        out += "{}h".format(hours)
-    if hours or minutes:
-        out += "{}m".format(minutes)
-    return out + "{}s".format(fraction(ns, 1000_000_000))
-
-
-def exitCodeOf(reason: object) -> int | None:
-    """
-    @return: the exit status of an exit reason value, C{-N} for signal N,
-        L{None} when unknown.
-    """
-    if isinstance(reason, ProcessDone):
-        return 0
-    if isinstance(reason, ProcessTerminated):
-        if reason.exitCode is not None:
-            return int(reason.exitCode)
-        if reason.signal is not None:
-            return -int(reason.signal)
-    return None
-
-
-def describeExit(reason: object) -> str:
-    """
-    @return: C{"exit code N"} or C{"signal N"} for an exit reason value.
-    """
-    if isinstance(reason, ProcessDone):
-        return "exit code 0"
-    if isinstance(reason, ProcessTerminated):
-        if reason.exitCode is not None:
-            return "exit code {}".format(reason.exitCode)
-        if reason.signal is not None:
-            return "signal {}".format(reason.signal)
-    return str(reason)
 
 
 class _Upstream(Protocol):
@@ -212,188 +100,6 @@ class _Upstream(Protocol):
         "The leader is reaped and the process group has no live process."
 
 
-class _Termination:
-    """
-    Takes one run's process group down: ask (C{cmdStop} or SIGTERM), wait up
-    to the grace period, force (SIGKILL to the group), and keep waiting until
-    the leader is reaped and the group is empty; then feed C{_groupGone}.
-
-    A stop command is spawned through the launcher as well, and is waited
-    for (and killed past the grace) in the same way.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, core: _Core, upstream: _Upstream, run: _Run, grace: float, force: bool
-    ) -> None:
-        self._core = core
-        self._upstream = upstream
-        self._run = run
-        self._grace = grace
-        self._force = force
-        self._groups: list[tuple[int, UpstreamProcessProtocol]] = []
-        self._waitingFor = 0
-        self._killCall: IDelayedCall | None = None
-        self._pollCall: IDelayedCall | None = None
-        self._pollDelay = POLL_FIRST_DELAY
-        self._killed = False
-        self._warnedEscapees = False
-        self.done = False
-
-    def begin(self) -> None:
-        """
-        Send the first signal (or run C{cmdStop}) and start waiting.
-        """
-        core, run = self._core, self._run
-        if run.pgid is not None:
-            self._groups.append((run.pgid, run.protocol))
-        if self._force or self._grace <= 0:
-            self._kill()
-        else:
-            self._ask()
-            self._killCall = core.clock.callLater(self._grace, self._graceExpired)
-        for pgid, protocol in list(self._groups):
-            self._waitingFor += 1
-            protocol.whenExited().addCallback(self._leaderExited, pgid).addErrback(
-                lambda f: self.log.failure(
-                    "[{model}] watching process group failed",
-                    f,
-                    model=core.model.id,
-                )
-            )
-        if not self._groups:
-            self._check()
-
-    def _escapees(self) -> list[int]:
-        """
-        @return: live descendants of the run that left its process group.
-        """
-        find = getattr(self._core.launcher, "escapees", None)
-        if find is None or self._run.tag is None:
-            return []
-        try:
-            return list(find(self._run.tag, self._run.pgid))
-        except Exception:
-            self.log.failure("[{model}] looking for escaped processes", model=self._core.model.id)
-            return []
-
-    def _signalEscapees(self, signum: int) -> bool:
-        """
-        Signal the run's escaped descendants.
-
-        @return: whether there were any.
-        """
-        pids = self._escapees()
-        if pids:
-            if signum == signal.SIGKILL or not self._warnedEscapees:
-                self.log.warn(
-                    "[{model}] processes {pids} left the upstream's process group; "
-                    "sending them signal {signal}",
-                    model=self._core.model.id, pids=pids, signal=int(signum))
-                self._warnedEscapees = True
-            self._core.launcher.signalPids(pids, signum)
-        return bool(pids)
-
-    def hurry(self, grace: float) -> None:
-        """
-        A later stop asked for a shorter grace period: honour it.
-        """
-        if self.done or self._killed:
-            return
-        if grace <= 0:
-            self._kill()
-            return
-        if self._killCall is not None and self._killCall.active():
-            remaining = self._killCall.getTime() - self._core.clock.seconds()
-            if grace < remaining:
-                self._killCall.reset(grace)
-
-    def _ask(self) -> None:
-        core, run = self._core, self._run
-        model = core.model
-        stopArgv = tuple(model.cmdStopArgv or ())
-        if stopArgv:
-            pid = str(run.pgid)
-            argv = [arg.replace("${PID}", pid) for arg in stopArgv]
-            protocol = UpstreamProcessProtocol(model.id, onOutput=core.onOutput)
-            try:
-                transport = core.launcher.spawn(
-                    model.id, argv, core.environment(), protocol
-                )
-            except Exception as e:
-                self.log.error(
-                    "[{model}] could not run cmdStop {argv}: {error}; "
-                    "sending SIGTERM instead",
-                    model=model.id,
-                    argv=argv,
-                    error=str(e),
-                )
-            else:
-                self.log.info(
-                    "[{model}] stopping with cmdStop {argv}", model=model.id, argv=argv
-                )
-                protocol.whenExited().addCallback(self._stopCommandExited, argv)
-                stopPid = protocol.pid if protocol.pid is not None else transport.pid
-                if stopPid is not None:
-                    self._groups.append((stopPid, protocol))
-                return
-        if run.pgid is not None:
-            core.launcher.signalGroup(run.pgid, signal.SIGTERM)
-        self._signalEscapees(signal.SIGTERM)
-
-    def _stopCommandExited(self, reason: object, argv: list[str]) -> None:
-        if not isinstance(reason, ProcessDone):
-            self.log.warn(
-                "[{model}] cmdStop {argv} failed ({why})",
-                model=self._core.model.id,
-                argv=argv,
-                why=describeExit(reason),
-            )
-
-    def _graceExpired(self) -> None:
-        self._killCall = None
-        self.log.warn(
-            "[{model}] still running after {grace}; killing its process group",
-            model=self._core.model.id,
-            grace=goDuration(self._grace),
-        )
-        self._kill()
-
-    def _kill(self) -> None:
-        self._killed = True
-        if self._killCall is not None and self._killCall.active():
-            self._killCall.cancel()
-        self._killCall = None
-        for pgid, _ in self._groups:
-            self._core.launcher.signalGroup(pgid, signal.SIGKILL)
-        self._signalEscapees(signal.SIGKILL)
-
-    def _leaderExited(self, reason: object, pgid: int) -> None:
-        self._waitingFor -= 1
-        self._check()
-
-    def _check(self) -> None:
-        self._pollCall = None
-        if self.done or self._waitingFor:
-            return
-        launcher = self._core.launcher
-        if any(launcher.groupAlive(pgid) for pgid, _ in self._groups) or self._signalEscapees(
-                signal.SIGKILL if self._killed else signal.SIGTERM):
-            self._pollCall = self._core.clock.callLater(self._pollDelay, self._check)
-            self._pollDelay = min(self._pollDelay * 2, POLL_MAX_DELAY)
-            return
-        self.done = True
-        if self._killCall is not None and self._killCall.active():
-            self._killCall.cancel()
-        self._killCall = None
-        try:
-            launcher.reapOrphans()
-        except Exception:
-            self.log.failure("[{model}] reaping orphans failed", model=self._core.model.id)
-        self._upstream._groupGone()
-
-
 @dataclass(eq=False)
 class _Run:
     """
@@ -410,7 +116,7 @@ class _Run:
     probeCall: IDelayedCall | None = None
     probeInFlight: Deferred[bool] | None = None
     deadline: IDelayedCall | None = None
-    termination: _Termination | None = None
+    termination: Termination | None = None
 
 
 @dataclass(eq=False)
@@ -661,7 +367,7 @@ class _Core:
         """
         Start taking C{run}'s process group down; C{_groupGone} follows.
         """
-        run.termination = _Termination(self, upstream, run, grace, force)
+        run.termination = Termination(self, upstream, run, grace, force)
         run.termination.begin()
 
     def hurry(self, grace: float) -> None:

@@ -386,3 +386,32 @@ class LlamaServerTests(TestCase):
         await daemon.root.stopService()
         self.assertEqual([pid for pid in pids if alive(pid)], [])
         self.assertEqual([groupMembers(pid) for pid in pids], [[], []])
+
+    @asyncTest
+    async def test_loadProgressOfAnMmapLoader(self) -> None:
+        """
+        llama-server maps its GGUF: its load is reported against the file's
+        size, the mapping's resident size is what is measured, and once it
+        is ready the progress is gone.
+        """
+        from llamaswap.upstream.progress import bytesLoaded
+
+        daemon = InProcessDaemon(self, "models:\n" + modelEntry("smollm2", SMOLLM2))
+        observatory = daemon.root.observatory
+        reports: list = []
+        original = observatory.progress
+
+        def progress(modelId, value):
+            reports.append(value)
+            original(modelId, value)
+
+        observatory.progress = progress
+        response, body = await daemon.chat("smollm2", max_tokens=2)
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(reports[0]["bytesTotal"], os.path.getsize(SMOLLM2))
+        self.assertIsNone(reports[-1])
+        pid = await self.pidOf(daemon, "smollm2")
+        resident = await deferToThread(bytesLoaded, pid, os.path.realpath(SMOLLM2))
+        self.assertGreater(resident, 0)
+        self.assertLessEqual(
+            max((r["bytesLoaded"] for r in reports if r), default=0), os.path.getsize(SMOLLM2))

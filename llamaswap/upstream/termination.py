@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_upstream_machine,tests.integration.test_upstream_real -*-
+"""
+Taking one run of an upstream down: its process group, its stop command,
+and its descendants that left the group.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from llamaswap.upstream.exits import describeExit, goDuration
+from llamaswap.upstream.process import UpstreamProcessProtocol
+
+__all__ = ["Termination", "POLL_FIRST_DELAY", "POLL_MAX_DELAY"]
+
+#: How often a stopping group is checked for live processes.
+POLL_FIRST_DELAY = 0.005
+POLL_MAX_DELAY = 0.05
+
+
+class Termination:
+    """
+    Takes one run's process group down: ask (C{cmdStop} or SIGTERM), wait up
+    to the grace period, force (SIGKILL to the group), and keep waiting until
+    the leader is reaped and the group is empty; then feed C{_groupGone}.
+
+    A stop command is spawned through the launcher as well, and is waited
+    for (and killed past the grace) in the same way.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, core: Any, upstream: Any, run: Any, grace: float, force: bool
+    ) -> None:
+        """
+        @param core: the machine's core: its C{model}, C{clock}, C{launcher},
+            C{onOutput} and C{environment()} are used.
+        @param upstream: fed C{_groupGone()} once the group is gone.
+        @param run: the run to end: its C{pgid}, C{protocol} and C{tag}.
+        """
+        self._core = core
+        self._upstream = upstream
+        self._run = run
+        self._grace = grace
+        self._force = force
+        self._groups: list[tuple[int, UpstreamProcessProtocol]] = []
+        self._waitingFor = 0
+        self._killCall: IDelayedCall | None = None
+        self._pollCall: IDelayedCall | None = None
+        self._pollDelay = POLL_FIRST_DELAY
+        self._killed = False
+        self._warnedEscapees = False
+        self.done = False
+
+    def begin(self) -> None:
+        """
+        Send the first signal (or run C{cmdStop}) and start waiting.
+        """
+        core, run = self._core, self._run
+        if run.pgid is not None:
+            self._groups.append((run.pgid, run.protocol))
+        if self._force or self._grace <= 0:
+            self._kill()
+        else:
+            self._ask()
+            self._killCall = core.clock.callLater(self._grace, self._graceExpired)
+        for pgid, protocol in list(self._groups):
+            self._waitingFor += 1
+            protocol.whenExited().addCallback(self._leaderExited, pgid).addErrback(
+                lambda f: self.log.failure(
+                    "[{model}] watching process group failed",
+                    f,
+                    model=core.model.id,
+                )
+            )
+        if not self._groups:
+            self._check()
+
+    def _escapees(self) -> list[int]:
+        """
+        @return: live descendants of the run that left its process group.
+        """
+        find = getattr(self._core.launcher, "escapees", None)
+        if find is None or self._run.tag is None:
+            return []
+        try:
+            return list(find(self._run.tag, self._run.pgid))
+        except Exception:
+            self.log.failure("[{model}] looking for escaped processes", model=self._core.model.id)
+            return []
+
+    def _signalEscapees(self, signum: int) -> bool:
+        """
+        Signal the run's escaped descendants.
+
+        @return: whether there were any.
+        """
+        pids = self._escapees()
+        if pids:
+            if signum == signal.SIGKILL or not self._warnedEscapees:
+                self.log.warn(
+                    "[{model}] processes {pids} left the upstream's process group; "
+                    "sending them signal {signal}",
+                    model=self._core.model.id, pids=pids, signal=int(signum))
+                self._warnedEscapees = True
+            self._core.launcher.signalPids(pids, signum)
+        return bool(pids)
+
+    def hurry(self, grace: float) -> None:
+        """
+        A later stop asked for a shorter grace period: honour it.
+        """
+        if self.done or self._killed:
+            return
+        if grace <= 0:
+            self._kill()
+            return
+        if self._killCall is not None and self._killCall.active():
+            remaining = self._killCall.getTime() - self._core.clock.seconds()
+            if grace < remaining:
+                self._killCall.reset(grace)
+
+    def _ask(self) -> None:
+        core, run = self._core, self._run
+        model = core.model
+        stopArgv = tuple(model.cmdStopArgv or ())
+        if stopArgv:
+            pid = str(run.pgid)
+            argv = [arg.replace("${PID}", pid) for arg in stopArgv]
+            protocol = UpstreamProcessProtocol(model.id, onOutput=core.onOutput)
+            try:
+                transport = core.launcher.spawn(
+                    model.id, argv, core.environment(), protocol
+                )
+            except Exception as e:
+                self.log.error(
+                    "[{model}] could not run cmdStop {argv}: {error}; "
+                    "sending SIGTERM instead",
+                    model=model.id,
+                    argv=argv,
+                    error=str(e),
+                )
+            else:
+                self.log.info(
+                    "[{model}] stopping with cmdStop {argv}", model=model.id, argv=argv
+                )
+                protocol.whenExited().addCallback(self._stopCommandExited, argv)
+                stopPid = protocol.pid if protocol.pid is not None else transport.pid
+                if stopPid is not None:
+                    self._groups.append((stopPid, protocol))
+                return
+        if run.pgid is not None:
+            core.launcher.signalGroup(run.pgid, signal.SIGTERM)
+        self._signalEscapees(signal.SIGTERM)
+
+    def _stopCommandExited(self, reason: object, argv: list[str]) -> None:
+        if not isinstance(reason, ProcessDone):
+            self.log.warn(
+                "[{model}] cmdStop {argv} failed ({why})",
+                model=self._core.model.id,
+                argv=argv,
+                why=describeExit(reason),
+            )
+
+    def _graceExpired(self) -> None:
+        self._killCall = None
+        self.log.warn(
+            "[{model}] still running after {grace}; killing its process group",
+            model=self._core.model.id,
+            grace=goDuration(self._grace),
+        )
+        self._kill()
+
+    def _kill(self) -> None:
+        self._killed = True
+        if self._killCall is not None and self._killCall.active():
+            self._killCall.cancel()
+        self._killCall = None
+        for pgid, _ in self._groups:
+            self._core.launcher.signalGroup(pgid, signal.SIGKILL)
+        self._signalEscapees(signal.SIGKILL)
+
+    def _leaderExited(self, reason: object, pgid: int) -> None:
+        self._waitingFor -= 1
+        self._check()
+
+    def _check(self) -> None:
+        self._pollCall = None
+        if self.done or self._waitingFor:
+            return
+        launcher = self._core.launcher
+        if any(launcher.groupAlive(pgid) for pgid, _ in self._groups) or self._signalEscapees(
+                signal.SIGKILL if self._killed else signal.SIGTERM):
+            self._pollCall = self._core.clock.callLater(self._pollDelay, self._check)
+            self._pollDelay = min(self._pollDelay * 2, POLL_MAX_DELAY)
+            return
+        self.done = True
+        if self._killCall is not None and self._killCall.active():
+            self._killCall.cancel()
+        self._killCall = None
+        try:
+            launcher.reapOrphans()
+        except Exception:
+            self.log.failure("[{model}] reaping orphans failed", model=self._core.model.id)
+        self._upstream._groupGone()
