@@ -6,9 +6,12 @@ C{logToStdout} shape the daemon's own log, and the UI's model list.
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from llamaswap.config import loadConfigText
+from llamaswap.interfaces import IRouterReport
 from llamaswap.observe.observatory import Observatory
+from llamaswap.router.router import RouterObserver
 
 MODELS = """
 performance: {disabled: true}
@@ -66,13 +69,80 @@ class OwnLogTests(SynchronousTestCase):
         self.assertIn(b"model says hi", observatory.hub.modelBuffer("m").history())
 
 
+RUNTIME = {"since": None, "inFlight": 0, "queued": 0, "pid": None, "port": None,
+           "lastUsed": None, "unloadAt": None, "failure": None, "progress": None}
+
+
 class ModelStatusTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.observatory = Observatory(loadConfigText(MODELS), self.clock,
+                                       publisher=LogPublisher())
+        self.published = []
+        self.observatory.bus.subscribe(self.published.append)
+
+    def statusOf(self, modelId):
+        return {r["id"]: r for r in self.observatory.modelStatus()}[modelId]
+
     def test_localModelsThenPeers(self):
-        observatory = Observatory(loadConfigText(MODELS), Clock(), publisher=LogPublisher())
-        observatory.stateChanged("m", "stopped", "starting")
-        self.assertEqual(observatory.modelStatus(), [
-            {"id": "m", "name": "Model M", "description": "", "state": "starting",
-             "unlisted": False, "peerID": "", "aliases": ["mm"]},
+        self.observatory.stateChanged("m", "stopped", "starting")
+        self.assertEqual(self.observatory.modelStatus(), [
+            {"id": "m", "name": "Model M", "description": "", "unlisted": False,
+             "peerID": "", "aliases": ["mm"], **RUNTIME, "state": "starting", "since": 1000},
             {"id": "far", "name": "far", "description": "", "state": "ready",
              "unlisted": False, "peerID": "p"},
         ])
+
+    def test_routerReportsAreTheRuntimeFields(self):
+        """
+        The observatory is the router's IRouterReport: what it is told
+        shows in the model's record, and each change is published.
+        """
+        verifyObject(IRouterReport, self.observatory)
+        verifyObject(IRouterReport, RouterObserver())
+        o = self.observatory
+        o.stateChanged("m", "stopped", "starting")
+        o.loadBegan("m", 4242, 5800)
+        o.progress("m", {"fraction": 0.5, "bytesLoaded": 5, "bytesTotal": 10,
+                         "elapsed": 1.0, "expected": None})
+        self.assertEqual(self.statusOf("m")["progress"]["fraction"], 0.5)
+        o.stateChanged("m", "starting", "ready")
+        o.ready("m", 1.5)
+        o.inFlight("m", 2, 2)
+        o.queueDepth("m", 1, 1)
+        o.idle("m", 1010.0, 1310.0)
+        record = self.statusOf("m")
+        self.assertEqual(
+            {k: record[k] for k in RUNTIME},
+            {**RUNTIME, "since": 1000, "inFlight": 2, "queued": 1, "pid": 4242, "port": 5800,
+             "lastUsed": 1010.0, "unloadAt": 1310.0})
+        self.assertEqual(record["state"], "ready")
+        before = len(self.published)
+        o.idle("m", 1010.0, 1310.0)
+        self.assertEqual(len(self.published), before, "no change, nothing published")
+        o.failed("m", {"reason": "boom", "exitCode": 1, "lastLines": ["x"]})
+        self.assertEqual(self.statusOf("m")["failure"]["exitCode"], 1)
+        o.stateChanged("m", "ready", "failed")
+        self.assertEqual((self.statusOf("m")["pid"], self.statusOf("m")["inFlight"]), (None, 0))
+
+    def test_progressIsThrottled(self):
+        o = self.observatory
+        before = len(self.published)
+        for i in range(10):
+            o.progress("m", {"fraction": i / 10})
+            self.clock.advance(0.1)
+        self.assertEqual(len(self.published) - before, 2, "about two a second")
+        self.assertEqual(self.statusOf("m")["progress"], {"fraction": 0.9})
+        o.progress("m", None)
+        self.assertEqual(len(self.published) - before, 3, "the end is always published")
+
+    def test_reloadAppliesCaptureBufferAndPerformance(self):
+        o = self.observatory
+        self.assertIsNone(o.performance)
+        o.reconfigure(loadConfigText("captureBuffer: 1\n" + MODELS.replace(
+            "performance: {disabled: true}", "performance: {every: 7s}")))
+        self.assertEqual(o.captures.maxBytes, 1048576)
+        self.assertIsNotNone(o.performance)
+        self.assertEqual(o.performance.every, 7.0)
+        self.assertTrue(o.metricsResource.enabled)
