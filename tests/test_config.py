@@ -2276,3 +2276,34 @@ class MaxQueueWaitTests(SynchronousTestCase):
     def test_notANumberIsAnError(self):
         e = self.assertRaises(ConfigError, loadConfigText, "maxQueueWait: soon")
         self.assertIn("expected integer", str(e))
+
+
+class LifecycleKeysTests(SynchronousTestCase):
+    """
+    shutdownTimeout, the logged healthCheckTimeout minimum, and ports kept
+    across a reload.
+    """
+
+    MODELS = "models:\n  b: {cmd: 'srv --port ${PORT}'}\n  c: {cmd: 'srv --port ${PORT}'}\n"
+
+    def test_shutdownTimeout(self):
+        self.assertEqual(loadConfigText(self.MODELS).shutdownTimeout, 10)
+        self.assertEqual(loadConfigText("shutdownTimeout: 0\n" + self.MODELS).shutdownTimeout, 0)
+        e = self.assertRaises(ConfigError, loadConfigText, "shutdownTimeout: -1\n" + self.MODELS)
+        self.assertEqual(e.keyPath, "shutdownTimeout")
+
+    def test_healthCheckTimeoutMinimumIsLogged(self):
+        config = loadConfigText("healthCheckTimeout: 5\n" + self.MODELS)
+        self.assertEqual(config.healthCheckTimeout, 15)
+        self.assertIn("healthCheckTimeout: 5s is raised to its minimum, 15s", config.warnings)
+
+    def test_keptPortsAndFreshOnes(self):
+        """
+        Models given their former ports keep them; a new model sorted
+        before them gets a port none of them uses.
+        """
+        config = loadConfigText("models:\n  a: {cmd: 'srv --port ${PORT}'}\n" + self.MODELS[8:],
+                                ports={"b": 5800, "c": 5801})
+        self.assertEqual({m: config.models[m].port for m in "abc"}, {"a": 5802, "b": 5800, "c": 5801})
+        self.assertEqual(config.models["b"].cmd, "srv --port 5800")
+        self.assertEqual(config.models["a"].proxy, "http://localhost:5802")
