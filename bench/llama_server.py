@@ -222,7 +222,8 @@ async def main(reactor, args) -> None:
         raise SystemExit("needs llama-server and the SmolLM2 GGUF: run scripts/build-llama-server"
                          " and scripts/fetch-models (or set LLAMASWAP_LLAMA_SERVER and"
                          " LLAMASWAP_SMOLLM2_GGUF)")
-    await throughput(reactor, args, binary, smollm2)
+    if not args.swaps_only:
+        await throughput(reactor, args, binary, smollm2)
     second = ((gemma3, ("--ctx-size", "1024"), "Gemma 3 270M Q4_K_M") if gemma3 else
               (smollm2, ("--ctx-size", "512"), "SmolLM2-135M Q4_1, another context size"))
     await swaps(reactor, args, binary, {
@@ -239,6 +240,7 @@ if __name__ == "__main__":
     parser.add_argument("--swaps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
                         help="llama-server's --threads (default 1, see above)")
+    parser.add_argument("--swaps-only", action="store_true", help="skip the throughput part")
     parser.add_argument("--llama-server")
     parser.add_argument("--smollm2")
     parser.add_argument("--gemma3")
