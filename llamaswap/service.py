@@ -22,6 +22,7 @@ from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.reload import ReloadReport
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
+from llamaswap.upstream.cgroups import CgroupTree
 from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.upstream.progress import LoadProgress
 from llamaswap.web.app import LlamaSwapAPI
@@ -113,11 +114,30 @@ class _Housekeeping(Service):
         self._launcher = launcher
         self._agents = agents
         self._probe = probe
+        self._tree: CgroupTree | None = None
 
     def startService(self) -> None:
         super().startService()
         if becomeSubreaper():
             self.log.debug("reaping orphaned upstream processes as a subreaper")
+        if self._launcher.cgroups is None:
+            self._tree = CgroupTree.find()
+            self._launcher.useCgroups(self._tree)
+        if self._launcher.cgroups is not None:
+            self.log.info("each upstream runs in its own cgroup under {path}",
+                          path=self._launcher.cgroups.path)
+        else:
+            self.log.info("no writable cgroup v2: upstream descendants are tracked by process "
+                          "group and environment tag")
+
+    def releaseCgroups(self) -> None:
+        """
+        Every upstream is gone: remove the cgroups made at start.
+        """
+        if self._tree is not None:
+            self._launcher.useCgroups(None)
+            self._tree.close()
+            self._tree = None
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -279,7 +299,8 @@ class LlamaSwapService(MultiService):
         self.launcher = launcher if launcher is not None else Launcher(reactor)
         self.probe = HealthProbe(reactor)
         self.agents = UpstreamAgents(reactor)
-        _Housekeeping(self.launcher, self.agents, self.probe).setServiceParent(self)
+        self.housekeeping = _Housekeeping(self.launcher, self.agents, self.probe)
+        self.housekeeping.setServiceParent(self)
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
@@ -322,6 +343,7 @@ class LlamaSwapService(MultiService):
             await MultiService.stopService(self)
         finally:
             self.progress.stop()
+            self.housekeeping.releaseCgroups()
 
     def force(self) -> None:
         """

@@ -401,6 +401,7 @@ class Launcher:
         groupAlive: Callable[[int], bool] | None = None,
         setsid: str | None | object = _WHICH,
         reap: Callable[[], Sequence[int]] = reapOrphans,
+        cgroups: object | None = None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess} provider.
@@ -410,6 +411,8 @@ class Launcher:
         @param setsid: the path of C{setsid(1)}; by default found with
             C{shutil.which("setsid")}; L{None} forces the Python fallback.
         @param reap: overrides L{reapOrphans} (tests).
+        @param cgroups: a L{llamaswap.upstream.cgroups.CgroupTree}: each
+            tagged run gets its own cgroup (see L{useCgroups}).
         """
         self._reactor = reactor
         self._killpg = killpg
@@ -422,6 +425,14 @@ class Launcher:
         else:
             self.prefix = (str(setsid),)
         self._useProc = os.path.exists(os.path.join(_PROC, "self", "stat"))
+        self.cgroups = cgroups
+
+    def useCgroups(self, tree: object | None) -> None:
+        """
+        Put every tagged run spawned from now on into its own cgroup of
+        C{tree} (a L{llamaswap.upstream.cgroups.CgroupTree}), or stop.
+        """
+        self.cgroups = tree
 
     def spawn(
         self,
@@ -450,6 +461,9 @@ class Launcher:
         pgid = transport.pid
         if pgid is None:
             pgid = getattr(protocol, "pid", None)
+        tag = env.get(UPSTREAM_TAG)
+        if self.cgroups is not None and tag and pgid is not None:
+            self.cgroups.adopt(tag, pgid)  # type: ignore[attr-defined]
         self.log.info(
             "[{model}] spawned process group {pgid}: {argv}",
             model=model,
@@ -496,9 +510,37 @@ class Launcher:
         @return: the live processes tagged C{tag} outside the group C{pgid}
             (see L{findTagged}); none where there is no C{/proc}.
         """
+        tree = self.cgroups
+        if tree is not None and tree.has(tag):  # type: ignore[attr-defined]
+            out = []
+            for pid in tree.pids(tag):  # type: ignore[attr-defined]
+                stat = _readStat(os.path.join(_PROC, str(pid), "stat"))
+                if stat is not None and stat[0] not in ("Z", "X", "x") and stat[2] != pgid:
+                    out.append(pid)
+            return out
         if not self._useProc:
             return []
         return findTagged(tag, pgid)
+
+    def killRun(self, tag: str) -> None:
+        """
+        SIGKILL every process of the run C{tag}'s cgroup, if it has one.
+        """
+        if self.cgroups is not None:
+            self.cgroups.kill(tag)  # type: ignore[attr-defined]
+
+    def runAlive(self, tag: str) -> bool:
+        """
+        @return: whether the run C{tag}'s cgroup still holds a process.
+        """
+        return self.cgroups is not None and self.cgroups.populated(tag)  # type: ignore
+
+    def releaseRun(self, tag: str) -> None:
+        """
+        The run C{tag} is over: remove its cgroup.
+        """
+        if self.cgroups is not None:
+            self.cgroups.release(tag)  # type: ignore[attr-defined]
 
     def signalPids(self, pids: Sequence[int], signal: int) -> None:
         """

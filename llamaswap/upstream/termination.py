@@ -95,6 +95,22 @@ class Termination:
             self.log.failure("[{model}] looking for escaped processes", model=self._core.model.id)
             return []
 
+    def _runCall(self, name: str) -> bool:
+        """
+        Call the launcher's C{name(tag)} (its per-run cgroup), when it has
+        one.
+
+        @return: what it returned, as a bool.
+        """
+        method = getattr(self._core.launcher, name, None)
+        if method is None or self._run.tag is None:
+            return False
+        try:
+            return bool(method(self._run.tag))
+        except Exception:
+            self.log.failure("[{model}] {name} failed", model=self._core.model.id, name=name)
+            return False
+
     def _signalEscapees(self, signum: int) -> bool:
         """
         Signal the run's escaped descendants.
@@ -184,6 +200,7 @@ class Termination:
         self._killCall = None
         for pgid, _ in self._groups:
             self._core.launcher.signalGroup(pgid, signal.SIGKILL)
+        self._runCall("killRun")
         self._signalEscapees(signal.SIGKILL)
 
     def _leaderExited(self, reason: object, pgid: int) -> None:
@@ -195,8 +212,9 @@ class Termination:
         if self.done or self._waitingFor:
             return
         launcher = self._core.launcher
-        if any(launcher.groupAlive(pgid) for pgid, _ in self._groups) or self._signalEscapees(
-                signal.SIGKILL if self._killed else signal.SIGTERM):
+        if (any(launcher.groupAlive(pgid) for pgid, _ in self._groups)
+                or self._runCall("runAlive")
+                or self._signalEscapees(signal.SIGKILL if self._killed else signal.SIGTERM)):
             self._pollCall = self._core.clock.callLater(self._pollDelay, self._check)
             self._pollDelay = min(self._pollDelay * 2, POLL_MAX_DELAY)
             return
@@ -204,6 +222,7 @@ class Termination:
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         self._killCall = None
+        self._runCall("releaseRun")
         try:
             launcher.reapOrphans()
         except Exception:
