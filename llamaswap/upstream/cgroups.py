@@ -92,24 +92,22 @@ class CgroupTree:
             return None
         return cls(path)
 
-    def adopt(self, tag: str, pid: int) -> bool:
+    def prepare(self, tag: str) -> Optional[str]:
         """
-        Make the leaf of the run C{tag} and move C{pid} into it.
+        Make the leaf of the run C{tag}.
 
-        @return: whether it worked (else the run has no leaf).
+        @return: the path of its C{cgroup.procs}, which the run's first
+            process writes its pid to before it execs (so that nothing it
+            forks is left outside), or L{None} when the leaf cannot be made.
         """
         leaf = os.path.join(self.path, re.sub(r"[^A-Za-z0-9_.-]", "_", tag))
         try:
             os.mkdir(leaf)
-            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
         except OSError as e:
-            self.log.warn("could not put process {pid} into cgroup {leaf}: {error}",
-                          pid=pid, leaf=leaf, error=str(e))
-            _rmdir(leaf)
-            return False
+            self.log.warn("could not make cgroup {leaf}: {error}", leaf=leaf, error=str(e))
+            return None
         self._leaves[tag] = leaf
-        return True
+        return os.path.join(leaf, "cgroup.procs")
 
     def has(self, tag: str) -> bool:
         return tag in self._leaves

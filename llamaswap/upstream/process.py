@@ -61,6 +61,10 @@ _PROC = "/proc"
 #: stop finds them (unless one clears its environment).
 UPSTREAM_TAG = "LLAMASWAP_UPSTREAM"
 
+# Run by /bin/sh as the first program of a run with a cgroup: $0 is the
+# cgroup's cgroup.procs, the rest is the command.
+_JOIN_CGROUP = 'echo $$ > "$0"; exec "$@"'
+
 # Default of Launcher(setsid=...): look it up with shutil.which.
 _WHICH = object()
 
@@ -454,6 +458,13 @@ class Launcher:
             127 and says why on stderr.)
         """
         fullArgv = [*self.prefix, *argv]
+        tag = env.get(UPSTREAM_TAG)
+        procs = None
+        if self.cgroups is not None and tag:
+            procs = self.cgroups.prepare(tag)  # type: ignore[attr-defined]
+        if procs is not None:
+            # The child joins its cgroup itself, before it can fork.
+            fullArgv = ["/bin/sh", "-c", _JOIN_CGROUP, procs, *fullArgv]
         transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
             protocol, fullArgv[0], fullArgv, env=dict(env), path=None
         )
@@ -461,9 +472,6 @@ class Launcher:
         pgid = transport.pid
         if pgid is None:
             pgid = getattr(protocol, "pid", None)
-        tag = env.get(UPSTREAM_TAG)
-        if self.cgroups is not None and tag and pgid is not None:
-            self.cgroups.adopt(tag, pgid)  # type: ignore[attr-defined]
         self.log.info(
             "[{model}] spawned process group {pgid}: {argv}",
             model=model,

@@ -18,6 +18,10 @@ from llamaswap.upstream.process import UpstreamProcessProtocol
 
 __all__ = ["Termination", "POLL_FIRST_DELAY", "POLL_MAX_DELAY"]
 
+#: How long a stop waits, once no process is left, for the last output on
+#: the pipes (held open only by a process we could not find).
+PIPE_GRACE = 1.0
+
 #: How often a stopping group is checked for live processes.
 POLL_FIRST_DELAY = 0.005
 POLL_MAX_DELAY = 0.05
@@ -227,4 +231,27 @@ class Termination:
             launcher.reapOrphans()
         except Exception:
             self.log.failure("[{model}] reaping orphans failed", model=self._core.model.id)
-        self._upstream._groupGone()
+        self._afterPipes()
+
+    def _afterPipes(self) -> None:
+        """
+        Feed C{_groupGone} once the run's pipes are closed (its last output
+        read, for a failed start's report), or after L{PIPE_GRACE}.
+        """
+        fired = []
+        timer: list[IDelayedCall] = []
+
+        def gone(_: object = None) -> None:
+            if fired:
+                return
+            fired.append(True)
+            if timer and timer[0].active():
+                timer[0].cancel()
+            self._upstream._groupGone()
+
+        ended = self._run.protocol.whenEnded()
+        if ended.called:
+            gone()
+            return
+        timer.append(self._core.clock.callLater(PIPE_GRACE, gone))
+        ended.addCallback(gone)

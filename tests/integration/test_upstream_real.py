@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -234,7 +234,48 @@ class UpstreamMachineRealTests(TestCase):
             self.assertIn("No such file or directory", error.clientMessage())
             self.assertEqual(machine.failure["exitCode"], 127)
             await self.launcher.allEnded()
-            self.assertIn("nonexistent", machine.outputTail())
+            self.assertIn("nonexistent", machine.outputTail(), (
+                machine.state, machine._core.run, self.lines, error.lastLines,
+                machine._core.lastProtocol._tail))
+
+        return ensureDeferred(run())
+
+    def test_cgroupKillsWhatNoTagFinds(self) -> Deferred[None]:
+        """
+        With a writable cgroup v2 (root, or systemd's Delegate=yes), a run
+        gets its own cgroup: a helper that left the group and cleared its
+        environment is still killed by cgroup.kill, and the leaf is removed.
+        """
+        from llamaswap.upstream.cgroups import CgroupTree
+
+        tree = CgroupTree.find()
+        if tree is None:
+            raise SkipTest("no writable cgroup v2 with cgroup.kill here")
+        self.addCleanup(tree.close)
+        self.launcher.useCgroups(tree)
+        script = (
+            "env -i setsid sh -c \"trap '' TERM; echo hidden \\$\\$; exec sleep 300\" & "
+            "while :; do sleep 0.05; done"
+        )
+        machine = self.machine(
+            id="hider", argv=("sh", "-c", script), cmd="sh -c ...", checkEndpoint=None
+        )
+
+        async def run() -> None:
+            await machine.start()
+            await _eventually(lambda: any(l.startswith("hidden ") for l in self.lines))
+            [line] = [l for l in self.lines if l.startswith("hidden ")]
+            helper = int(line.split()[1])
+            self.addCleanup(lambda: _alive(helper) and os.kill(helper, signal.SIGKILL))
+            await _eventually(lambda: _procName(helper) == "sleep")
+            with open("/proc/{}/environ".format(helper), "rb") as f:
+                self.assertNotIn(b"LLAMASWAP_UPSTREAM", f.read())
+            [leaf] = [d for d in os.listdir(tree.path) if "hider" in d]
+            with open(os.path.join(tree.path, leaf, "cgroup.procs")) as f:
+                self.assertIn(str(helper), f.read().split())
+            await machine.stop(grace=0.3)
+            self.assertFalse(_alive(helper))
+            self.assertFalse(os.path.exists(os.path.join(tree.path, leaf)))
 
         return ensureDeferred(run())
 
