@@ -2304,6 +2304,7 @@ class LifecycleKeysTests(SynchronousTestCase):
         """
         config = loadConfigText("models:\n  a: {cmd: 'srv --port ${PORT}'}\n" + self.MODELS[8:],
                                 ports={"b": 5800, "c": 5801})
-        self.assertEqual({m: config.models[m].port for m in "abc"}, {"a": 5802, "b": 5800, "c": 5801})
+        self.assertEqual({m: config.models[m].port for m in "abc"},
+                         {"a": 5802, "b": 5800, "c": 5801})
         self.assertEqual(config.models["b"].cmd, "srv --port 5800")
         self.assertEqual(config.models["a"].proxy, "http://localhost:5802")

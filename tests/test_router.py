@@ -523,7 +523,8 @@ class BoundedWaitTests(SynchronousTestCase):
         # At 10.5 s a closes; the request that arrived at 10 s ends at 12 s.
         self.assertEqual(servedB, [12])
         self.assertEqual(log, [("start", "a"), ("stop", "a"), ("start", "b")])
-        self.assertEqual(router.ledger.admitted("a"), 2, "the requests that came at 11 and 12 s wait")
+        self.assertEqual(router.ledger.admitted("a"), 2,
+                         "the requests that came at 11 and 12 s wait")
 
 
 PRELOAD_CONFIG = CONFIG + """
@@ -542,7 +543,8 @@ class LoadTests(RouterTestsBase):
         self.assertNoResult(d)
         self.m["c"].becomeReady()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((self.router.ledger.inFlight("c"), self.router.ledger.admitted("c")), (0, 0))
+        ledger = self.router.ledger
+        self.assertEqual((ledger.inFlight("c"), ledger.admitted("c")), (0, 0))
 
     def test_loadOfAReadyModelFiresAtOnce(self):
         self.ready("a").release()
@@ -637,7 +639,8 @@ class QueueTests(RouterTestsBase):
         self.m["a"].finishStop()
         self.successResultOf(done)
         lease.release()
-        self.assertEqual((self.router.ledger.inFlight("a"), self.router.ledger.admitted("a")), (0, 0))
+        ledger = self.router.ledger
+        self.assertEqual((ledger.inFlight("a"), ledger.admitted("a")), (0, 0))
 
     def test_unloadUnknownModel(self):
         self.assertRaises(UnknownModel, self.router.unload, "nope")

@@ -180,7 +180,8 @@ class RouterService(Service):
             raise UnknownModel("no router for requested model")
         if self.draining:
             raise ShuttingDown("llamaswap is shutting down")
-        if limited and self.ledger.admitted(modelId) >= self.config.models[modelId].concurrencyLimit:
+        limit = self.config.models[modelId].concurrencyLimit
+        if limited and self.ledger.admitted(modelId) >= limit:
             raise TooManyRequests("Too many requests")
         return self._enqueue(modelId, True, onQueuePosition)
 

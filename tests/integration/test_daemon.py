@@ -207,8 +207,8 @@ class TwistdTests(TestCase):
             f.write("models:\n" + model.format(name="first"))
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         base = f"http://127.0.0.1:{port}"
-        runTwistd(self, "-n", "llamaswap", "--watch-config", "-c", path,
-                  "--listen", f"127.0.0.1:{port}")
+        proto = runTwistd(self, "-n", "llamaswap", "--watch-config", "-c", path,
+                          "--listen", f"127.0.0.1:{port}")
 
         def models() -> Deferred[set[str]]:
             return Deferred.fromCoroutine(listedModels(http, base))

@@ -154,7 +154,8 @@ class SwapMetricsTests(TestCase):
 HANGING = f"""
   hang:
     cmd: |
-      {json.dumps(sys.executable)} -c "import time; print('loading forever', flush=True); time.sleep(300)"
+      {json.dumps(sys.executable)} -c "import time; print('loading forever', flush=True); \
+        time.sleep(300)"
     proxy: http://127.0.0.1:9
 """
 
