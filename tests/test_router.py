@@ -882,3 +882,64 @@ class DrainTests(RouterTestsBase):
         self.assertEqual(self.m["a"].graces, [None, 0])
         self.m["a"].finishStop()
         self.successResultOf(stopped)
+
+
+class RecordingReport:
+    """
+    An IRouterReport that records every call as C{(method, args...)}.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, *args))
+
+
+class ReportTests(RouterTestsBase):
+    """
+    What the router tells its IRouterReport, in order.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.report = RecordingReport()
+        self.router.observer = self.report
+
+    def said(self, *names):
+        return [c for c in self.report.calls if c[0] in names]
+
+    def test_startServeRelease(self):
+        self.clock.advance(100)
+        d = self.router.acquire("c")
+        self.assertEqual(self.said("queueDepth"), [("queueDepth", "c", 1, 1)])
+        self.clock.advance(2)
+        self.m["c"].becomeReady()
+        lease = self.successResultOf(d)
+        self.assertEqual(self.said("loadBegan", "ready", "swapDone"), [
+            ("loadBegan", "c", None, self.config.models["c"].port),
+            ("ready", "c", 2.0), ("swapDone", "c", 2.0)])
+        self.assertEqual(self.said("inFlight")[-1], ("inFlight", "c", 1, 1))
+        self.assertEqual(self.said("queueDepth")[-1], ("queueDepth", "c", 0, 0))
+        self.clock.advance(1)
+        lease.release()
+        self.assertEqual(self.said("inFlight")[-1], ("inFlight", "c", 0, 0))
+        self.assertEqual(self.said("idle")[-1], ("idle", "c", 103.0, 108.0), "ttl 5")
+        self.clock.advance(5)
+        self.assertEqual(self.said("stopBegan"), [("stopBegan", "c", "ttl")])
+        self.m["c"].finishStop()
+        self.assertEqual(self.said("stopEnded"), [("stopEnded", "c")])
+
+    def test_failedStart(self):
+        d = self.router.acquire("a")
+        self.m["a"].failStart("upstream command exited prematurely (exit code 1)")
+        f = self.failureResultOf(d, ModelStartFailed)
+        self.assertEqual(
+            f.value.message,
+            "upstream failed to start: upstream command exited prematurely (exit code 1);"
+            " last output: oops")
+        self.assertEqual(self.said("failed"), [("failed", "a", {
+            "reason": "upstream command exited prematurely (exit code 1)", "exitCode": 1,
+            "lastLines": ["oops"]})])

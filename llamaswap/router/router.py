@@ -677,6 +677,7 @@ class RouterService(Service):
         self.ledger.lend(lease)
         self._lastUsed[modelId] = now
         self._tell("inFlight", modelId, self.ledger.inFlight(modelId), self.ledger.inFlight())
+        self._tell("idle", modelId, now, None)  # busy: no TTL runs
         return lease
 
     def _explain(self, target: str, running) -> None:
