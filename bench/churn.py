@@ -14,8 +14,9 @@ the baseline.
 Swap overhead: C{--swaps} times, a request for a cold model is timed to its
 first byte, with nothing loaded (after an unload) and with the other model
 loaded (which must stop first), minus the upstream's own time from spawn to
-ready, and from SIGTERM to exit, measured directly (the demo started by
-hand, its /health polled every millisecond), p50.
+ready, and from SIGTERM to exit, measured directly right before each one
+(the demo started by hand, its /health polled every 2 ms), p50, and
+as ratios.
 """
 
 from __future__ import annotations
@@ -105,52 +106,51 @@ async def churn(reactor, models: list[str], order: list[str], together: bool) ->
         await daemon.stop()
 
 
-async def directSpawnToReady(reactor, runs: int) -> tuple[list[float], list[float]]:
+async def directOnce(reactor) -> tuple[float, float]:
     """
-    @return: the demo's own spawn-to-ready times and its SIGTERM-to-exit
-        times, measured by hand.
+    @return: the demo's own spawn-to-ready and SIGTERM-to-exit times,
+        measured by hand once.
     """
     import sys
 
-    times, stops = [], []
-    for _ in range(runs):
-        port = freePort()
-        demo = DirectServer(reactor, [sys.executable, "-m", "llamaswap.demo", "--port", str(port)],
-                            port, path=ROOT)
-        times.append(await demo.start())
-        stops.append(await demo.stop())
-    return times, stops
+    port = freePort()
+    demo = DirectServer(reactor, [sys.executable, "-m", "llamaswap.demo", "--port", str(port)],
+                        port, path=ROOT)
+    ready = await demo.start()
+    return ready, await demo.stop()
 
 
 async def swapOverhead(reactor, runs: int):
     """
-    @return: C{(swaps, colds, (ready, stops))}: request-to-first-byte
-        times of swaps (the other model loaded) and of cold starts (nothing
-        loaded, after an unload), and the demo's own spawn-to-ready and
-        SIGTERM-to-exit times measured by hand.
+    Each measurement through llamaswap is paired with a direct start and
+    stop of the demo right before it, so that both see the same machine.
+
+    @return: C{(swaps, colds)}: lists of C{(through llamaswap, direct
+        spawn-to-ready, direct SIGTERM-to-exit)} for swaps (the other model
+        loaded) and for cold starts (nothing loaded, after an unload).
     """
     daemon = Daemon(reactor, config(["cold-a", "cold-b"], together=False))
     await daemon.start()
     try:
         client, pool = agent(reactor)
-        upstreamTime = TOKENS * 0  # requests below ask for one token, no delay
-        times = []
-        for i in range(runs + 1):
+        url = daemon.base + "/v1/chat/completions"
+        await fetch(client, url, chatBody("cold-b", max_tokens=1))
+        swaps = []
+        for i in range(runs):
+            direct = await directOnce(reactor)
             name = "cold-a" if i % 2 == 0 else "cold-b"
-            _, _, ttfb = await fetch(client, daemon.base + "/v1/chat/completions",
-                                     chatBody(name, max_tokens=1))
-            if i:  # the first is a start, not a swap
-                times.append(ttfb - upstreamTime)
+            _, _, ttfb = await fetch(client, url, chatBody(name, max_tokens=1))
+            swaps.append((ttfb, *direct))
         colds = []
         for i in range(runs):
             await fetch(client, daemon.base + "/api/models/unload", b"")
-            _, _, ttfb = await fetch(client, daemon.base + "/v1/chat/completions",
-                                     chatBody("cold-a", max_tokens=1))
-            colds.append(ttfb - upstreamTime)
+            direct = await directOnce(reactor)
+            _, _, ttfb = await fetch(client, url, chatBody("cold-a", max_tokens=1))
+            colds.append((ttfb, *direct))
         await pool.closeCachedConnections()
     finally:
         await daemon.stop()
-    return times, colds, await directSpawnToReady(reactor, runs)
+    return swaps, colds
 
 
 async def main(reactor, args) -> None:
@@ -164,20 +164,26 @@ async def main(reactor, args) -> None:
     for name, r in (("one at a time", swapped), ("no swaps", baseline)):
         print(f"  {name:14} starts {r['starts']:3}   total {r['total']:6.2f} s"
               f"   wait p50 {r['p50'] * 1e3:7.1f} ms   p99 {r['p99'] * 1e3:7.1f} ms")
-    swaps, colds, (ready, stops) = await swapOverhead(reactor, args.swaps)
-    r50, t50, s50 = percentile(ready, 50), percentile(stops, 50), percentile(swaps, 50)
-    c50 = percentile(colds, 50)
-    print(f"cold start, {args.swaps} times (nothing loaded: unload, then a request)")
-    print(f"  upstream's own spawn-to-ready       p50 {r50 * 1e3:7.1f} ms")
-    print(f"  request to first byte               p50 {c50 * 1e3:7.1f} ms")
-    print(f"  overhead beyond spawn-to-ready      p50 {(c50 - r50) * 1e3:7.1f} ms")
-    print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other)")
-    print(f"  upstream's own spawn-to-ready       p50 {r50 * 1e3:7.1f} ms")
-    print(f"  upstream's own SIGTERM-to-exit      p50 {t50 * 1e3:7.1f} ms")
-    print(f"  request to first byte               p50 {s50 * 1e3:7.1f} ms")
-    print(f"  overhead beyond spawn-to-ready      p50 {(s50 - r50) * 1e3:7.1f} ms")
-    print(f"  overhead beyond the upstream's own  p50 {(s50 - r50 - t50) * 1e3:7.1f} ms"
+    swaps, colds = await swapOverhead(reactor, args.swaps)
+
+    def p50(rows, f):
+        return percentile([f(*row) for row in rows], 50) * 1e3
+
+    print(f"cold start, {args.swaps} times (nothing loaded: unload, then a request), each paired"
+          " with a direct start just before it")
+    print(f"  upstream's own spawn-to-ready       p50 {p50(colds, lambda t, r, s: r):7.1f} ms")
+    print(f"  request to first byte               p50 {p50(colds, lambda t, r, s: t):7.1f} ms")
+    print(f"  overhead beyond spawn-to-ready      p50 {p50(colds, lambda t, r, s: t - r):7.1f} ms")
+    print(f"  ratio to the direct start           p50 {p50(colds, lambda t, r, s: t / r) / 1e3:7.2f}")
+    print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other),"
+          " each paired with a direct start and stop")
+    print(f"  upstream's own spawn-to-ready       p50 {p50(swaps, lambda t, r, s: r):7.1f} ms")
+    print(f"  upstream's own SIGTERM-to-exit      p50 {p50(swaps, lambda t, r, s: s):7.1f} ms")
+    print(f"  request to first byte               p50 {p50(swaps, lambda t, r, s: t):7.1f} ms")
+    print(f"  overhead beyond the upstream's own  p50 {p50(swaps, lambda t, r, s: t - r - s):7.1f} ms"
           " (start and stop)")
+    print(f"  ratio to direct start + stop        p50"
+          f" {p50(swaps, lambda t, r, s: t / (r + s)) / 1e3:7.2f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ the one that machine noise disturbs least).
 Swap: C{--swaps} times, a one-token chat for the model that is not loaded
 (SmolLM2 and Gemma 3 alternately, one at a time), timed to its answer; from
 it are subtracted llama-server's own times measured by hand on the same
-models: spawn to ready (its /health polled every millisecond), the first
+models: spawn to ready (its /health polled every 2 ms), the first
 one-token request on the fresh server, and SIGTERM to exit for the model
 that was stopped.
 """
