@@ -19,11 +19,17 @@ from twisted.web.server import Request, Site
 from llamaswap.config import loadConfig
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
+from llamaswap.reload import ReloadReport
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.web.app import LlamaSwapAPI
+from llamaswap.web.auth import StreamTokens
 from llamaswap.web.ui import UIResource, staticPath
+
+#: Why a reload was refused without reading a file.
+RELOAD_BUSY = "another reload is in progress"
+RELOAD_NO_FILE = "no config file to reload (the config was given in code)"
 
 
 class LlamaSwapRequest(Request):
@@ -227,6 +233,7 @@ class LlamaSwapService(MultiService):
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
+        self.streamTokens = StreamTokens(reactor)
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
@@ -271,9 +278,10 @@ class LlamaSwapService(MultiService):
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
-                            observatory=self.observatory, ui=self.ui)
+                            observatory=self.observatory, ui=self.ui,
+                            reload=self.reload, streamTokens=self.streamTokens)
 
-    def reload(self, config=None) -> Deferred[bool]:
+    def reload(self, config=None) -> Deferred[ReloadReport]:
         """
         Switch to a new config without a restart: read and validate it
         first (a bad file changes nothing and is logged); then models whose
@@ -283,34 +291,38 @@ class LlamaSwapService(MultiService):
 
         @param config: the new config; by default the config file is read
             again (in a thread).
-        @return: a L{Deferred} that fires with C{True} once the new config
-            serves (models it stops may still be stopping), C{False} when it
-            was refused or another reload was in progress.
+        @return: a L{Deferred} that fires with a L{ReloadReport} once the new
+            config serves (models it stops may still be stopping; C{applied}
+            true), or when it was refused or another reload was in progress
+            (C{applied} false, with the C{reason}).
         """
         if self._reloading:
             self.log.warn("config reload already in progress; this one is dropped")
-            return succeed(False)
+            return succeed(ReloadReport(applied=False, reason=RELOAD_BUSY))
         self._reloading = True
         if config is not None:
             d = succeed(config)
         elif self.configPath is None:
             self._reloading = False
-            return succeed(False)
+            return succeed(ReloadReport(applied=False, reason=RELOAD_NO_FILE))
         else:
             d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                   loadConfig, self.configPath)
 
-        def refused(f: Failure):
+        def refused(f: Failure) -> ReloadReport:
             self.log.error("config reload refused, the old config keeps serving: {why}",
                            why=f.getErrorMessage())
-            return None
+            return ReloadReport(applied=False, reason=f.getErrorMessage())
 
-        def switch(new) -> bool:
-            if new is None or not self.running:
-                return False
+        def switch(new) -> ReloadReport:
+            if isinstance(new, ReloadReport):
+                return new
+            if not self.running:
+                return ReloadReport(applied=False, reason="the daemon is stopping")
             for warning in new.warnings:
                 self.log.warn("config: {warning}", warning=warning)
             old = self.router
+            running = {m for m, machine in old.machines.items() if machine.state != "stopped"}
             adopted = old.handOver(new, lambda a, b: launchSettings(a) == launchSettings(b))
             # Nothing new starts before the old processes are gone: a new
             # model may well get a port an old one still holds.
@@ -337,7 +349,11 @@ class LlamaSwapService(MultiService):
             retiring.addBoth(retired)
             self.log.info("config reloaded: {count} models, {kept} kept running",
                           count=len(new.models), kept=len(adopted))
-            return True
+            before = set(old.config.models)
+            return ReloadReport(applied=True, kept=tuple(running & set(adopted)),
+                                restarted=tuple((running - set(adopted)) & set(new.models)),
+                                added=tuple(set(new.models) - before),
+                                removed=tuple(before - set(new.models)))
 
         d.addErrback(refused)
         d.addCallback(switch)

@@ -70,9 +70,39 @@ class ModelStatusTests(SynchronousTestCase):
     def test_localModelsThenPeers(self):
         observatory = Observatory(loadConfigText(MODELS), Clock(), publisher=LogPublisher())
         observatory.stateChanged("m", "stopped", "starting")
-        self.assertEqual(observatory.modelStatus(), [
-            {"id": "m", "name": "Model M", "description": "", "state": "starting",
-             "unlisted": False, "peerID": "", "aliases": ["mm"]},
-            {"id": "far", "name": "far", "description": "", "state": "ready",
-             "unlisted": False, "peerID": "p"},
-        ])
+        local, peer = observatory.modelStatus()
+        self.assertEqual({k: local[k] for k in ("id", "name", "description", "state",
+                                                "unlisted", "peerID", "aliases")},
+                         {"id": "m", "name": "Model M", "description": "", "state": "starting",
+                          "unlisted": False, "peerID": "", "aliases": ["mm"]})
+        self.assertEqual(peer, {"id": "far", "name": "far", "description": "", "state": "ready",
+                                "unlisted": False, "peerID": "p"})
+
+    def test_staticFactsOfAGroupedModel(self):
+        config = loadConfigText(
+            "startPort: 7100\n"
+            "models:\n"
+            "  m: {cmd: 'srv --port ${PORT}', ttl: 90,\n"
+            "      metadata: {capabilities: [Chat, TTS, vision, chat]}}\n"
+            "  n: {cmd: 'srv', proxy: 'http://127.0.0.1:9123', metadata: {capabilities: 'rerank, stt'}}\n"
+            "groups:\n"
+            "  pair: {members: [m, n]}\n")
+        m, n = Observatory(config, Clock(), publisher=LogPublisher()).modelStatus()
+        self.assertEqual((m["ttl"], m["group"], m["matrixSets"], m["proxyPort"]),
+                         (90, "pair", [], 7100))
+        self.assertEqual(m["capabilities"], ["chat", "speech", "vision"])
+        self.assertEqual((n["proxyPort"], n["capabilities"]), (9123, ["rerank", "transcription"]))
+
+    def test_staticFactsUnderAMatrix(self):
+        config = loadConfigText(
+            "models:\n"
+            "  a: {cmd: 'srv --port ${PORT}'}\n"
+            "  b: {cmd: 'srv --port ${PORT}'}\n"
+            "matrix:\n"
+            "  vars: {x: a, y: b}\n"
+            "  sets:\n"
+            "    both: 'x & y'\n"
+            "    solo: 'x'\n")
+        a, b = Observatory(config, Clock(), publisher=LogPublisher()).modelStatus()
+        self.assertEqual((a["group"], a["matrixSets"]), (None, ["both", "solo"]))
+        self.assertEqual(b["matrixSets"], ["both"])

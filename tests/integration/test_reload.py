@@ -39,7 +39,7 @@ class ReloadTests(TestCase):
             + demoModels(["change", "added"], "--tokens 3").replace("models:\n", "")
             + GROUP.format(members="keep, change, added"))
         self.assertEqual(new.models["keep"], daemon.config.models["keep"])
-        self.assertTrue(await daemon.root.reload(new))
+        self.assertTrue((await daemon.root.reload(new)).applied)
 
         self.assertEqual(await daemon.chatPid("keep"), keep)
         # A request for the changed model waits for its old process to go.
@@ -60,5 +60,5 @@ class ReloadTests(TestCase):
         with open(path, "w") as f:
             f.write("models:\n  m:\n    cmd: srv\n    ttl: soon\n")
         daemon.root.configPath = path
-        self.assertFalse(await daemon.root.reload())
+        self.assertFalse((await daemon.root.reload()).applied)
         self.assertEqual(await daemon.chatPid("m"), pid)
