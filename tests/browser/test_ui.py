@@ -1,0 +1,215 @@
+"""
+The web UI at C{/ui/} in a real headless Chromium against a real daemon
+serving the demo config: live model states, streamed chat, activity and
+captures, logs, performance without a GPU, the API-key prompt, the phone
+width, no console errors; screenshots of every page (desktop and phone,
+light and dark) go to the artifacts folder (L{artifactsDir}).
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import unittest
+
+from tests.browser.support import Browser, Daemon, artifactsDir, demoConfig, skipReason
+
+SKIP = skipReason()
+PAGES = ["Playground", "Models", "Activity", "Logs", "Performance", "Config"]
+ROUTES = {"Playground": "", "Models": "models", "Activity": "activity", "Logs": "logs",
+          "Performance": "performance", "Config": "config"}
+
+
+_shared: dict = {}
+
+
+def shared(name: str, extra: str):
+    """
+    @return: C{(daemon, browser)} shared by the tests of one class, made
+        on first use and stopped when the test process exits (trial runs
+        no C{setUpClass}).
+    """
+    if name not in _shared:
+        daemon = Daemon(demoConfig(extra))
+        try:
+            browser = _shared["browser"] if "browser" in _shared else Browser()
+        except Exception:
+            daemon.stop()
+            raise
+        if "browser" not in _shared:
+            _shared["browser"] = browser
+            atexit.register(browser.close)
+        atexit.register(daemon.stop)
+        _shared[name] = daemon
+    return _shared[name], _shared["browser"]
+
+
+def _expect():
+    from playwright.sync_api import expect
+
+    return expect
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class UITests(unittest.TestCase):
+    """
+    One daemon and one browser for the whole class (start-up dominates).
+    """
+
+    def setUp(self):
+        self.daemon, self.browser = shared("ui", "")
+        self.shots = artifactsDir()
+        self.browser.errors.clear()
+
+    def tearDown(self):
+        self.assertEqual(self.browser.errors, [], "errors in the browser console")
+
+    def open(self, route="", width=1280, height=800, scheme="light"):
+        page = self.browser.page(width, height, scheme)
+        self.addCleanup(page.context.close)
+        page.goto(self.daemon.base + "/ui/#/" + route)
+        _expect()(page.get_by_role("status").filter(has_text="Live")).to_be_visible()
+        return page
+
+    def shot(self, page, name):
+        page.screenshot(path=str(self.shots / f"{name}.png"), full_page=False)
+
+    def test_loadAModelAndWatchItsStateChangeLive(self):
+        expect = _expect()
+        page = self.open("models")
+        row = page.get_by_role("row").filter(has_text="demo-medium")
+        expect(row.get_by_text("stopped", exact=True)).to_be_visible()
+        page.get_by_role("button", name="Load demo-medium").click()
+        expect(row.get_by_text("ready", exact=True)).to_be_visible(timeout=20000)
+        expect(page.get_by_role("button", name="Unload demo-medium")).to_be_enabled()
+        self.shot(page, "models-ready-desktop-light")
+        # Another client swaps models: the page follows without a reload.
+        status, _ = self.daemon.request("POST", "/api/models/load/demo-large")
+        self.assertEqual(status, 200)
+        expect(page.get_by_role("row").filter(has_text="demo-large").get_by_text(
+            "ready", exact=True)).to_be_visible(timeout=20000)
+        page.get_by_role("button", name="Unload all").click()
+        expect(page.get_by_role("button", name="Load demo-large")).to_be_visible(timeout=20000)
+        link = row.get_by_role("link", name="demo-medium")
+        self.assertEqual(link.get_attribute("href"), "/upstream/demo-medium/")
+
+    def test_aChatAnswerGrowsWhileItStreams(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-large")
+        page.get_by_role("textbox", name="Message", exact=True).fill("Tell me about llamas")
+        page.get_by_role("button", name="Send").click()
+        answer = page.get_by_role("article", name="Answer").last
+        expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        expect(answer.locator(".md")).not_to_be_empty(timeout=20000)
+        first = len(answer.locator(".md").inner_text())
+        self.shot(page, "playground-streaming-desktop-light")
+        expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=30000)
+        final = answer.locator(".md").inner_text()
+        self.assertGreater(len(final), first, "the answer did not grow while streaming")
+        expect(answer.get_by_text(re.compile(r"\d+ out"))).to_be_visible()
+        self.shot(page, "playground-done-desktop-light")
+        # The conversation survives a reload.
+        page.reload()
+        expect(page.get_by_text("Tell me about llamas")).to_be_visible()
+        expect(page.get_by_role("article", name="Answer").last.locator(".md")).to_have_text(final)
+
+    def test_aCurlChatAppearsInActivityAndItsCaptureOpens(self):
+        expect = _expect()
+        page = self.open("activity")
+        status, body = self.daemon.request("POST", "/v1/chat/completions", {
+            "model": "demo-small", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual(status, 200)
+        table = page.get_by_role("table")
+        row = table.get_by_role("row").filter(has_text="/v1/chat/completions").first
+        expect(row).to_be_visible()
+        expect(row.get_by_text("demo-small")).to_be_visible()
+        self.shot(page, "activity-desktop-light")
+        row.get_by_role("button", name=re.compile(r"View capture")).click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        expect(dialog.get_by_text("Request body")).to_be_visible()
+        expect(dialog.get_by_role("button", name="Copy as curl")).to_be_visible()
+        expect(dialog.locator("pre").filter(has_text='"model": "demo-small"')).to_be_visible()
+        self.shot(page, "capture-dialog-desktop-light")
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+
+    def test_aNewLogLineAppearsInLogs(self):
+        expect = _expect()
+        page = self.open("logs")
+        proxy = page.get_by_role("log", name="Proxy lines")
+        expect(proxy).to_be_visible()
+        self.daemon.request("GET", "/v1/models?marker=browser-log-line")
+        expect(proxy.get_by_text(re.compile("browser-log-line"))).to_be_visible()
+        page.get_by_label("Search Proxy").fill("/([/")
+        expect(page.get_by_text("Invalid regular expression")).to_be_visible()
+        page.get_by_label("Search Proxy").fill("")
+        self.shot(page, "logs-desktop-light")
+
+    def test_performanceRendersWithNoGPU(self):
+        expect = _expect()
+        page = self.open("performance")
+        expect(page.get_by_text("No GPU metrics on this machine.")).to_be_visible()
+        self.shot(page, "performance-desktop-light")
+
+    def test_configShowsTheEffectiveConfigAndReloads(self):
+        expect = _expect()
+        page = self.open("config")
+        expect(page.get_by_label("Effective config")).to_contain_text("demo-small")
+        page.get_by_role("button", name="Reload config").click()
+        expect(page.get_by_text("Config reloaded.")).to_be_visible(timeout=20000)
+        self.shot(page, "config-desktop-light")
+
+    def test_anUnknownRouteSaysNotFound(self):
+        expect = _expect()
+        page = self.open("no-such-page")
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+    def test_everyPageAtBothWidthsAndThemes(self):
+        expect = _expect()
+        for width, height, label in ((1280, 800, "desktop"), (390, 844, "phone")):
+            for scheme in ("light", "dark"):
+                page = self.open("", width, height, scheme)
+                for name in PAGES:
+                    link = page.get_by_role("navigation").get_by_role("link", name=name)
+                    expect(link).to_be_visible()
+                    box = link.bounding_box()
+                    self.assertLessEqual(box["x"] + box["width"], width, f"{name} is cut off at {width}px")
+                    link.click()
+                    expect(link).to_have_attribute("aria-current", "page")
+                    page.wait_for_timeout(150)
+                    self.shot(page, f"{ROUTES[name] or 'playground'}-{label}-{scheme}")
+                page.context.close()
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class SignInTests(unittest.TestCase):
+    """
+    With C{apiKeys}: the UI's own key prompt, never a Basic-auth pop-up.
+    """
+
+    def setUp(self):
+        self.daemon, self.browser = shared("keys", "apiKeys: [ui-test-key]\n")
+        self.browser.errors.clear()
+
+    def test_theKeyPromptAWrongKeyAndSignOut(self):
+        expect = _expect()
+        page = self.browser.page()
+        self.addCleanup(page.context.close)
+        page.goto(self.daemon.base + "/ui/#/models")
+        key = page.get_by_label("API key")
+        expect(key).to_be_visible()
+        page.screenshot(path=str(artifactsDir() / "signin-desktop-light.png"))
+        key.fill("wrong-key")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Unauthorised: that API key was refused.")).to_be_visible()
+        page.get_by_label("API key").fill("ui-test-key")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("button", name="Load demo-small")).to_be_visible()
+        page.reload()   # the key is kept for the session
+        expect(page.get_by_role("button", name="Load demo-small")).to_be_visible()
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_label("API key")).to_be_visible()
+        console = [e for e in self.browser.errors if "401" not in e]
+        self.assertEqual(console, [])
