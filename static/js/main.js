@@ -133,7 +133,7 @@ function App() {
       </div>
     </header>
     <${Banner} />
-    <div id="main" class=${"content" + (conn === "open" ? "" : " stale")}>
+    <div id="main" class=${"content" + (conn === "reconnecting" ? " stale" : "")}>
       ${conn === "unauthorized" ? html`<${KeyPrompt} />` : html`<${View} key=${path} />`}
     </div>`;
 }

@@ -161,6 +161,21 @@ class UITests(unittest.TestCase):
         expect(page.get_by_text("Config reloaded.")).to_be_visible(timeout=20000)
         self.shot(page, "config-desktop-light")
 
+    def test_theRerankTabOffersOnlyModelsDeclaringRerank(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("tab", name="Rerank").click()
+        picker = page.get_by_role("combobox", name="Model", exact=True)
+        expect(picker.locator("option")).to_have_count(1)
+        expect(picker).to_have_value("demo-small")
+        page.get_by_role("button", name="Rerank", exact=True).click()
+        results = page.get_by_role("tabpanel", name="Rerank").get_by_role("table")
+        expect(results.get_by_role("row")).to_have_count(5, timeout=20000)
+        self.shot(page, "playground-rerank-desktop-light")
+        page.get_by_role("tab", name="Images").click()
+        expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value("demo-large")
+        self.shot(page, "playground-images-desktop-light")
+
     def test_anUnknownRouteSaysNotFound(self):
         expect = _expect()
         page = self.open("no-such-page")
@@ -204,6 +219,7 @@ class SignInTests(unittest.TestCase):
         key.fill("wrong-key")
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_text("Unauthorised: that API key was refused.")).to_be_visible()
+        page.screenshot(path=str(artifactsDir() / "signin-refused-desktop-light.png"))
         page.get_by_label("API key").fill("ui-test-key")
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_role("button", name="Load demo-small")).to_be_visible()
@@ -213,3 +229,25 @@ class SignInTests(unittest.TestCase):
         expect(page.get_by_label("API key")).to_be_visible()
         console = [e for e in self.browser.errors if "401" not in e]
         self.assertEqual(console, [])
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class ConnectionTests(unittest.TestCase):
+    def test_aDroppedStreamShowsStaleDataAndDisablesActions(self):
+        expect = _expect()
+        _, browser = shared("ui", "")
+        browser.errors.clear()
+        daemon = Daemon(demoConfig())
+        self.addCleanup(daemon.stop)
+        page = browser.page()
+        self.addCleanup(page.context.close)
+        page.goto(daemon.base + "/ui/#/models")
+        load = page.get_by_role("button", name="Load demo-small")
+        expect(load).to_be_enabled()
+        daemon.stop()
+        expect(page.get_by_role("alert").filter(has_text="data may be stale")).to_be_visible()
+        expect(load).to_be_disabled()
+        expect(page.get_by_role("button", name="Unload all")).to_be_disabled()
+        page.screenshot(path=str(artifactsDir() / "models-disconnected-desktop-light.png"))
+        # What was shown stays shown.
+        expect(page.get_by_role("row").filter(has_text="demo-large")).to_be_visible()

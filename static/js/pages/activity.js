@@ -75,7 +75,7 @@ export function Activity() {
     </div>
     <div class="card flush scroll-x"><table class="activity">
       <thead><tr><th>ID</th><th>Time</th><th>Model</th><th>Path</th><th>Status</th><th class="num">Cached</th><th class="num">Prompt</th><th class="num">Generated</th>
-        <th class="num">Prompt speed</th><th class="num">Gen speed</th><th class="num">Duration</th><th>Where the time went</th><th>Capture</th></tr></thead>
+        <th class="num">Prompt speed</th><th class="num">Gen speed</th><th class="num">Duration</th><th title="Where the time went (Server-Timing)">Timing</th><th>Capture</th></tr></thead>
       <tbody>
         ${shown.length === 0 && html`<tr><td colspan="13" class="empty muted">${ever ? (activity.length ? "No request matches the filters." : "No requests yet. Send one from the Playground or with curl.") : "Waiting for llamaswap…"}</td></tr>`}
         ${shown.map((e) => { const t = e.tokens || {}; return html`<tr key=${e.key} class=${e.resp_status_code >= 400 ? "error-row" : ""}>
