@@ -8,10 +8,10 @@ import json
 import re
 from pathlib import Path
 
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from treq.testing import StubTreq
 
 from llamaswap.config import loadConfigText
 from llamaswap.observe.observatory import Observatory

@@ -117,7 +117,7 @@ class UITests(unittest.TestCase):
     def test_aCurlChatAppearsInActivityAndItsCaptureOpens(self):
         expect = _expect()
         page = self.open("activity")
-        status, body = self.daemon.request("POST", "/v1/chat/completions", {
+        status, _ = self.daemon.request("POST", "/v1/chat/completions", {
             "model": "demo-small", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
         self.assertEqual(status, 200)
         table = page.get_by_role("table")
