@@ -64,6 +64,11 @@ def demoConfig(extra: str = "") -> str:
         "    description: Fast demo responder (24 tokens per answer)\n"
         "    metadata:\n      capabilities: [chat, rerank]\n")
     text = text.replace("      family: demo\n", "      family: demo\n      capabilities: [chat, images, speech]\n")
+    text += (
+        "\n  demo-broken:\n"
+        "    name: Broken demo\n"
+        "    description: Exits at once, as a model with missing weights would\n"
+        "    cmd: sh -c 'echo cannot open /models/missing.gguf >&2; exit 3' -- ${PORT}\n")
     return "captureBuffer: 5\n" + extra + text
 
 

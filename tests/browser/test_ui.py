@@ -90,6 +90,11 @@ class UITests(unittest.TestCase):
             "ready", exact=True)).to_be_visible(timeout=20000)
         page.get_by_role("button", name="Unload all").click()
         expect(page.get_by_role("button", name="Load demo-large")).to_be_visible(timeout=20000)
+        # A slow model shows its load time while it starts.
+        page.get_by_role("button", name="Load demo-large").click()
+        expect(page.get_by_role("progressbar", name="Loading demo-large")).to_be_visible()
+        self.shot(page, "models-starting-desktop-light")
+        expect(page.get_by_role("button", name="Unload demo-large")).to_be_enabled(timeout=20000)
         link = row.get_by_role("link", name="demo-medium")
         self.assertEqual(link.get_attribute("href"), "/upstream/demo-medium/")
 
@@ -175,6 +180,60 @@ class UITests(unittest.TestCase):
         page.get_by_role("tab", name="Images").click()
         expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value("demo-large")
         self.shot(page, "playground-images-desktop-light")
+
+    def test_aModelThatFailsToStartSaysSo(self):
+        expect = _expect()
+        page = self.open("models")
+        page.get_by_role("button", name="Load demo-broken").click()
+        row = page.get_by_role("row").filter(has_text="demo-broken")
+        expect(row.get_by_role("alert").filter(has_text="Load failed")).to_be_visible(timeout=20000)
+        self.shot(page, "models-failed-desktop-light")
+        # The browser itself logs the failed request; nothing else may be there.
+        self.browser.errors[:] = [e for e in self.browser.errors if "status of 502" not in e]
+
+    def chatOnce(self, page, endpoint):
+        expect = _expect()
+        page.get_by_role("button", name="⚙ Settings", exact=True).click()
+        page.get_by_label("Endpoint").select_option(endpoint)
+        page.get_by_role("button", name="⚙ Settings", exact=True).click()
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-small")
+        page.get_by_role("textbox", name="Message", exact=True).fill("hello over " + endpoint)
+        page.get_by_role("textbox", name="Message", exact=True).press("Enter")
+        answer = page.get_by_role("article", name="Answer").last
+        expect(answer.get_by_role("button", name="Regenerate")).to_be_visible(timeout=20000)
+        expect(answer.locator(".md")).not_to_be_empty()
+        expect(answer.get_by_text(re.compile(r"\d+ out"))).to_be_visible()
+        return answer
+
+    def test_chatOverTheAnthropicAndResponsesAPIs(self):
+        page = self.open("")
+        for endpoint in ("/v1/messages", "/v1/responses"):
+            answer = self.chatOnce(page, endpoint)
+            _expect()(answer).to_contain_text(endpoint)
+        self.shot(page, "playground-endpoints-desktop-light")
+
+    def test_stopKeepsThePartialAnswer(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-large")
+        page.get_by_role("textbox", name="Message", exact=True).fill("a long answer please")
+        page.get_by_role("button", name="Send").click()
+        answer = page.get_by_role("article", name="Answer").last
+        expect(answer.locator(".md")).not_to_be_empty(timeout=20000)
+        page.get_by_role("button", name="Stop").click()
+        expect(answer.get_by_text(re.compile("stopped"))).to_be_visible()
+        expect(answer.locator(".md")).not_to_be_empty()
+        answer.get_by_role("button", name="Regenerate").click()
+        expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        page.get_by_role("button", name="Stop").click()
+
+    def test_theThemeCanBeChosen(self):
+        expect = _expect()
+        page = self.open("models")
+        page.get_by_role("combobox", name="Theme").select_option("dark")
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        page.reload()
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
 
     def test_anUnknownRouteSaysNotFound(self):
         expect = _expect()

@@ -79,12 +79,12 @@ export function Activity() {
       <tbody>
         ${shown.length === 0 && html`<tr><td colspan="13" class="empty muted">${ever ? (activity.length ? "No request matches the filters." : "No requests yet. Send one from the Playground or with curl.") : "Waiting for llamaswap…"}</td></tr>`}
         ${shown.map((e) => { const t = e.tokens || {}; return html`<tr key=${e.key} class=${e.resp_status_code >= 400 ? "error-row" : ""}>
-          <td>${e.id}</td><td title=${e.timestamp}>${ago(epochOf(e), now)}</td><td>${e.model}</td><td class="mono small">${e.req_path}</td>
-          <td><span class=${"code " + (e.resp_status_code >= 400 ? "bad" : "good")}>${e.resp_status_code}</span></td>
-          <td class="num">${t.cache_tokens > 0 ? num(t.cache_tokens) : "–"}</td><td class="num">${num(t.input_tokens)}</td><td class="num">${num(t.output_tokens)}</td>
-          <td class="num">${t.prompt_per_second > 0 ? num(t.prompt_per_second, 1) + " t/s" : "–"}</td><td class="num">${t.tokens_per_second > 0 ? num(t.tokens_per_second, 1) + " t/s" : "–"}</td>
-          <td class="num">${seconds(e.duration_ms / 1000)}</td><td><${Phases} entry=${e} /></td>
-          <td>${e.has_capture ? html`<button class="small" onClick=${() => setOpen(e)} aria-label=${"View capture " + e.id}>View</button>` : html`<span class="muted">–</span>`}</td></tr>`; })}
+          <td data-label="ID">${e.id}</td><td data-label="Time" title=${e.timestamp}>${ago(epochOf(e), now)}</td><td data-label="Model">${e.model}</td><td data-label="Path" class="mono small">${e.req_path}</td>
+          <td data-label="Status"><span class=${"code " + (e.resp_status_code >= 400 ? "bad" : "good")}>${e.resp_status_code}</span></td>
+          <td data-label="Cached" class="num">${t.cache_tokens > 0 ? num(t.cache_tokens) : "–"}</td><td data-label="Prompt" class="num">${num(t.input_tokens)}</td><td data-label="Generated" class="num">${num(t.output_tokens)}</td>
+          <td data-label="Prompt speed" class="num">${t.prompt_per_second > 0 ? num(t.prompt_per_second, 1) + " t/s" : "–"}</td><td data-label="Gen speed" class="num">${t.tokens_per_second > 0 ? num(t.tokens_per_second, 1) + " t/s" : "–"}</td>
+          <td data-label="Duration" class="num">${seconds(e.duration_ms / 1000)}</td><td data-label="Timing"><${Phases} entry=${e} /></td>
+          <td data-label="Capture">${e.has_capture ? html`<button class="small" onClick=${() => setOpen(e)} aria-label=${"View capture " + e.id}>View</button>` : html`<span class="muted">–</span>`}</td></tr>`; })}
       </tbody></table></div>
     <div class="pager"><button class="ghost" onClick=${() => setPage(p - 1)} disabled=${p === 0}>Newer</button>
       <span class="muted small">Page ${p + 1} of ${pages}</span>
