@@ -130,6 +130,12 @@ class UITests(unittest.TestCase):
         expect(row).to_be_visible()
         expect(row.get_by_text("demo-small")).to_be_visible()
         self.shot(page, "activity-desktop-light")
+        page.get_by_label("Status").select_option("error")
+        expect(table.get_by_text("No request matches the filters.")).to_be_visible()
+        page.get_by_label("Status").select_option("")
+        page.get_by_role("combobox", name="Model").select_option("demo-small")
+        for cell in table.locator("td[data-label=Model]").all():
+            self.assertEqual(cell.inner_text(), "demo-small")
         row.get_by_role("button", name=re.compile(r"View capture")).click()
         dialog = page.get_by_role("dialog")
         expect(dialog).to_be_visible()
@@ -137,8 +143,16 @@ class UITests(unittest.TestCase):
         expect(dialog.get_by_role("button", name="Copy as curl")).to_be_visible()
         expect(dialog.locator("pre").filter(has_text='"model": "demo-small"')).to_be_visible()
         self.shot(page, "capture-dialog-desktop-light")
+        expect(dialog.get_by_role("heading", name="Text")).to_be_visible()   # SSE reassembled
         page.keyboard.press("Escape")
         expect(dialog).to_be_hidden()
+        curl = page.evaluate("""async (id) => {
+            const m = await import("/ui/js/pages/capture.js");
+            const r = await fetch("/api/captures/" + id, {headers: {"X-LlamaSwap-UI": "1"}});
+            return m.curlOf(await r.json(), "http://llamaswap"); }""", int(row.locator("td").first.inner_text()))
+        self.assertTrue(curl.startswith("curl 'http://llamaswap/v1/chat/completions'"), curl)
+        self.assertIn("--data-raw '{", curl)
+        self.assertIn('"model": "demo-small"', curl)
 
     def test_aNewLogLineAppearsInLogs(self):
         expect = _expect()
@@ -151,6 +165,15 @@ class UITests(unittest.TestCase):
         expect(page.get_by_text("Invalid regular expression")).to_be_visible()
         page.get_by_label("Search Proxy").fill("")
         self.shot(page, "logs-desktop-light")
+        # One model's own output.
+        status, _ = self.daemon.request("POST", "/v1/chat/completions", {
+            "model": "demo-small", "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual(status, 200)
+        upstream = page.get_by_role("region", name="Upstream")
+        upstream.get_by_label("Model").select_option("demo-small")
+        lines = page.get_by_role("log", name="Upstream lines")
+        expect(lines.get_by_text(re.compile("model=demo-small")).first).to_be_visible()
+        expect(lines.get_by_text(re.compile("model=demo-(medium|large)"))).to_have_count(0)
 
     def test_performanceRendersWithNoGPU(self):
         expect = _expect()
@@ -226,6 +249,34 @@ class UITests(unittest.TestCase):
         answer.get_by_role("button", name="Regenerate").click()
         expect(page.get_by_role("button", name="Stop")).to_be_visible()
         page.get_by_role("button", name="Stop").click()
+
+    def test_editingAMessageAsksAgain(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("button", name="New chat").click() if page.get_by_role(
+            "button", name="New chat").is_enabled() else None
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-small")
+        page.get_by_role("textbox", name="Message", exact=True).fill("first question")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=20000)
+        page.get_by_role("button", name="Edit message").click()
+        page.get_by_label("Edit message").fill("second question")
+        page.get_by_role("button", name="Save and resend").click()
+        expect(page.get_by_text("second question")).to_be_visible()
+        expect(page.get_by_text("first question")).to_have_count(0)
+        expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=20000)
+        expect(page.get_by_role("article", name="Answer")).to_have_count(1)
+
+    def test_theKeyboardReachesThePages(self):
+        expect = _expect()
+        page = self.open("")
+        page.keyboard.press("Tab")   # the skip link
+        page.keyboard.press("Tab")   # the brand
+        for name in PAGES[:2]:
+            page.keyboard.press("Tab")
+            expect(page.get_by_role("link", name=name)).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name="Models")).to_be_visible()
 
     def test_theThemeCanBeChosen(self):
         expect = _expect()

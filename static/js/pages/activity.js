@@ -68,7 +68,7 @@ export function Activity() {
       <div class="card stat"><span class="muted small">Captures kept</span><strong>${num(captures)}</strong><span class="small">older ones are evicted</span></div>
     </div>
     <div class="filters">
-      <label class="field inline"><span>Model</span><select value=${model} onChange=${filter(setModel)}><option value="">All</option>${models.map((m) => html`<option>${m}</option>`)}</select></label>
+      <label class="field inline"><span>Model</span><select value=${model} onChange=${filter(setModel)}><option value="">All</option>${models.map((m) => html`<option value=${m}>${m}</option>`)}</select></label>
       <label class="field inline"><span>Status</span><select value=${status} onChange=${filter(setStatus)}><option value="">All</option><option value="ok">OK (&lt; 400)</option><option value="error">Errors (≥ 400)</option></select></label>
       <label class="field inline"><span>Path</span><input type="search" value=${path} onInput=${filter(setPath)} placeholder="/v1/chat" /></label>
       <span class="muted small">${rows.length} of ${activity.length}</span>

@@ -75,7 +75,7 @@ function Pane({ title, name, models }) {
   return html`<section class="card log-pane" aria-labelledby=${id + "-title"}>
     <div class="log-head"><h2 id=${id + "-title"}>${title}</h2>
       ${name === "upstream" && html`<label class="field inline"><span>Model</span><select value=${model} onChange=${(e) => setModel(e.target.value)}>
-        <option value="">All models</option>${models.map((x) => html`<option>${x}</option>`)}</select></label>`}
+        <option value="">All models</option>${models.map((x) => html`<option value=${x}>${x}</option>`)}</select></label>`}
       <label class="field inline grow"><span class="sr-only">Search ${title}</span><input type="search" placeholder="Search (text or /regex/)" value=${query} onInput=${(e) => setQuery(e.target.value)} aria-label=${"Search " + title} /></label>
     </div>
     <div class="log-tools">

@@ -55,7 +55,7 @@ export function Images() {
   return html`<div class="media">
     <div class="toolbar"><${ModelPicker} id="images-model" capability="images" value=${model} onChange=${setModel} only=${only} setOnly=${setOnly} />
       <label class="field inline"><span>Size</span><select value=${size} onChange=${(e) => { setSize(e.target.value); save("images-size", e.target.value); }}>
-        ${SIZES.map((x) => html`<option>${x}</option>`)}</select></label></div>
+        ${SIZES.map((x) => html`<option value=${x}>${x}</option>`)}</select></label></div>
     <label class="field wide"><span>Prompt</span><textarea rows="3" value=${prompt} onInput=${(e) => setPrompt(e.target.value)} placeholder="A lighthouse at dawn, watercolour"></textarea></label>
     <div class="row"><${Go} label="Generate" r=${r} disabled=${!prompt.trim() || !model} onClick=${go} /><button class="ghost" onClick=${() => setImages([])} disabled=${!images.length}>Clear</button></div>
     <${Err} r=${r} />
