@@ -1,5 +1,21 @@
 // Build the request of each chat endpoint, and read its SSE answer into
 // {content, reasoning, usage, timings}.
+// A message's content for `endpoint`: its text, plus its attached images.
+function contentFor(endpoint, m) {
+  const images = m.images || [];
+  if (!images.length) return m.content;
+  if (endpoint === "/v1/messages") {
+    return [...images.map((url) => {
+      const [, type, data] = /^data:([^;]+);base64,(.*)$/.exec(url) || [];
+      return { type: "image", source: { type: "base64", media_type: type, data } };
+    }), { type: "text", text: m.content }];
+  }
+  if (endpoint === "/v1/responses") {
+    return [{ type: "input_text", text: m.content }, ...images.map((url) => ({ type: "input_image", image_url: url }))];
+  }
+  return [{ type: "text", text: m.content }, ...images.map((url) => ({ type: "image_url", image_url: { url } }))];
+}
+
 export function buildRequest(endpoint, model, messages, s) {
   const body = { model, stream: true };
   const common = {};
@@ -8,16 +24,16 @@ export function buildRequest(endpoint, model, messages, s) {
   const stops = (s.stop || "").split(",").map((x) => x.trim()).filter(Boolean);
   if (endpoint === "/v1/messages") {
     if (s.system) body.system = s.system;
-    body.messages = messages.map((m) => ({ role: m.role, content: m.content }));
+    body.messages = messages.map((m) => ({ role: m.role, content: contentFor(endpoint, m) }));
     body.max_tokens = Number(s.maxTokens) || 1024;
     if (stops.length) body.stop_sequences = stops;
   } else if (endpoint === "/v1/responses") {
     if (s.system) body.instructions = s.system;
-    body.input = messages.map((m) => ({ role: m.role, content: m.content }));
+    body.input = messages.map((m) => ({ role: m.role, content: contentFor(endpoint, m) }));
     if (s.maxTokens) body.max_output_tokens = Number(s.maxTokens);
   } else {
     body.messages = (s.system ? [{ role: "system", content: s.system }] : []).concat(
-      messages.map((m) => ({ role: m.role, content: m.content })));
+      messages.map((m) => ({ role: m.role, content: contentFor(endpoint, m) })));
     if (s.maxTokens) body.max_tokens = Number(s.maxTokens);
     body.stream_options = { include_usage: true };
     if (stops.length) body.stop = stops;

@@ -9,6 +9,7 @@ light and dark) go to the artifacts folder (L{artifactsDir}).
 from __future__ import annotations
 
 import atexit
+import base64
 import re
 import unittest
 
@@ -21,6 +22,10 @@ ROUTES = {"Playground": "", "Models": "models", "Activity": "activity", "Logs": 
 
 
 _shared: dict = {}
+
+#: A 1x1 PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
 
 def shared(name: str, extra: str):
@@ -267,6 +272,35 @@ class UITests(unittest.TestCase):
         expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=20000)
         expect(page.get_by_role("article", name="Answer")).to_have_count(1)
 
+    def test_aConversationIsSavedByNameAndReopened(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-small")
+        page.get_by_role("textbox", name="Message", exact=True).fill("remember this one")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=20000)
+        page.get_by_role("button", name="Save", exact=True).click()
+        page.get_by_label("Conversation name").fill("llama facts")
+        page.get_by_role("button", name="Save conversation").click()
+        page.get_by_role("button", name="New chat").click()
+        expect(page.get_by_text("remember this one")).to_have_count(0)
+        page.get_by_label("Saved conversations").select_option("llama facts")
+        expect(page.get_by_text("remember this one")).to_be_visible()
+
+    def test_anAttachedImageIsSentWithTheMessage(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("combobox", name="Model", exact=True).select_option("demo-small")
+        page.get_by_label("Attach image").set_input_files(
+            files=[{"name": "dot.png", "mimeType": "image/png", "buffer": PNG}])
+        expect(page.get_by_role("img", name="Image 1 to send")).to_be_visible()
+        page.get_by_role("textbox", name="Message", exact=True).fill("what is in this picture?")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("img", name="Attached image 1").last).to_be_visible()
+        expect(page.get_by_role("button", name="Regenerate").last).to_be_visible(timeout=20000)
+        expect(page.get_by_role("article", name="Answer").last.get_by_role("alert")).to_have_count(0)
+        self.shot(page, "playground-image-message-desktop-light")
+
     def test_theKeyboardReachesThePages(self):
         expect = _expect()
         page = self.open("")
@@ -285,6 +319,16 @@ class UITests(unittest.TestCase):
         expect(page.locator("html")).to_have_attribute("data-theme", "dark")
         page.reload()
         expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+
+    def test_theRootAndUpstreamRedirectIntoTheUI(self):
+        expect = _expect()
+        page = self.browser.page()
+        self.addCleanup(page.context.close)
+        page.goto(self.daemon.base + "/upstream")
+        expect(page.get_by_role("heading", name="Models")).to_be_visible()
+        self.assertTrue(page.url.endswith("/ui/#/models"), page.url)
+        page.goto(self.daemon.base + "/")
+        expect(page.get_by_role("tab", name="Chat")).to_be_visible()
 
     def test_anUnknownRouteSaysNotFound(self):
         expect = _expect()

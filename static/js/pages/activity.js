@@ -20,6 +20,25 @@ function Phases({ entry }) {
     <span class="ph ph-gen" style=${{ flexGrow: rest / total }}></span></span>`;
 }
 
+function percentile(sorted, p) {
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+}
+
+// A small histogram of speeds with the P50 / P95 of the requests that report one.
+function SpeedCard({ title, values }) {
+  const v = values.filter((x) => x > 0).sort((a, b) => a - b);
+  if (!v.length) return html`<div class="card stat"><span class="muted small">${title}</span><strong>–</strong><span class="small">no data yet</span></div>`;
+  const bins = 16, lo = v[0], hi = v[v.length - 1], width = (hi - lo) / bins || 1;
+  const counts = new Array(bins).fill(0);
+  for (const x of v) counts[Math.min(bins - 1, Math.floor((x - lo) / width))] += 1;
+  const top = Math.max(...counts);
+  return html`<div class="card stat"><span class="muted small">${title}</span>
+    <strong>${num(percentile(v, 0.5), 1)} t/s</strong><span class="small">p95 ${num(percentile(v, 0.95), 1)} · p99 ${num(percentile(v, 0.99), 1)}</span>
+    <div class="hist" role="img" aria-label=${title + " histogram, " + num(lo, 1) + " to " + num(hi, 1) + " tokens per second"}>
+      ${counts.map((c) => html`<span style=${{ height: Math.max(4, (100 * c) / top) + "%" }} class=${c ? "" : "zero"}></span>`)}</div></div>`;
+}
+
 function epochOf(entry) {
   return Date.parse(entry.timestamp) / 1000;
 }
@@ -65,6 +84,8 @@ export function Activity() {
       <div class="card stat"><span class="muted small">Requests</span><strong>${num(activity.length)}</strong><span class="small">${inflight} in flight</span></div>
       <div class="card stat"><span class="muted small">Prompt tokens</span><strong>${num(sum("input_tokens"))}</strong><span class="small">${num(sum("cache_tokens"))} cached</span></div>
       <div class="card stat"><span class="muted small">Generated tokens</span><strong>${num(sum("output_tokens"))}</strong></div>
+      <${SpeedCard} title="Prompt speed" values=${activity.map((e) => (e.tokens || {}).prompt_per_second)} />
+      <${SpeedCard} title="Generation speed" values=${activity.map((e) => (e.tokens || {}).tokens_per_second)} />
       <div class="card stat"><span class="muted small">Captures kept</span><strong>${num(captures)}</strong><span class="small">older ones are evicted</span></div>
     </div>
     <div class="filters">

@@ -67,7 +67,8 @@ function Message({ m, index, busy, onEdit, onRegenerate, onRetry }) {
         <div class="msg-actions"><button onClick=${() => setEditing(false)}>Cancel</button>
         <button class="primary" onClick=${() => { setEditing(false); onEdit(index, draft); }}>Save and resend</button></div></div>`;
     }
-    return html`<div class="msg user"><div class="bubble">${m.content}</div>
+    return html`<div class="msg user">${(m.images || []).length ? html`<div class="thumbs">${m.images.map((src, i) => html`<img src=${src} alt=${"Attached image " + (i + 1)} />`)}</div>` : null}
+      <div class="bubble">${m.content}</div>
       <div class="msg-actions"><button class="ghost small" disabled=${busy} onClick=${() => { setDraft(m.content); setEditing(true); }} aria-label="Edit message">✎ Edit</button></div></div>`;
   }
   const copy = () => copyText(m.content).then(() => { setCopied(true); setTimeout(() => setCopied(false), 1500); });
@@ -116,6 +117,10 @@ function Chat() {
   const [showSettings, setShowSettings] = useState(false);
   const [messages, setMessages] = useState(load("chat-messages", []).map((m) => ({ ...m, streaming: false })));
   const [input, setInput] = useState("");
+  const [images, setImages] = useState([]);
+  const [attachError, setAttachError] = useState(null);
+  const [saved, setSaved] = useState(load("chat-saved", []));
+  const [naming, setNaming] = useState(null);
   const [busy, setBusy] = useState(false);
   const abort = useRef(null);
   const list = useRef(null);
@@ -167,9 +172,38 @@ function Chat() {
 
   const send = () => {
     const text = input.trim();
-    if (!text || busy || !model) return;
+    if ((!text && !images.length) || busy || !model) return;
     setInput("");
-    run([...messages.filter((m) => !m.error || m.content), { role: "user", content: text }]);
+    const user = { role: "user", content: text };
+    if (images.length) user.images = images;
+    setImages([]);
+    run([...messages.filter((m) => !m.error || m.content), user]);
+  };
+  const attach = (e) => {
+    setAttachError(null);
+    const files = [...e.target.files];
+    e.target.value = "";
+    for (const f of files) {
+      if (!/^image\/(png|jpeg|gif|webp)$/.test(f.type)) { setAttachError(f.name + ": only PNG, JPEG, GIF and WebP images"); continue; }
+      if (f.size > 20 * 1024 * 1024) { setAttachError(f.name + ": larger than 20 MB"); continue; }
+      const reader = new FileReader();
+      reader.onload = () => setImages((old) => (old.length >= 5 ? (setAttachError("at most 5 images per message"), old) : [...old, reader.result]));
+      reader.readAsDataURL(f);
+    }
+  };
+  const keep = (list) => { setSaved(list); save("chat-saved", list); };
+  const saveAs = (e) => {
+    e.preventDefault();
+    const name = (naming || "").trim() || "Conversation " + (saved.length + 1);
+    keep([{ name, at: Date.now(), model, messages: messages.map(({ streaming, ...m }) => m) }, ...saved.filter((c) => c.name !== name)]);
+    setNaming(null);
+  };
+  const open = (name) => {
+    const c = saved.find((x) => x.name === name);
+    if (!c) return;
+    if (abort.current) abort.current.abort();
+    setMessages(c.messages);
+    if (c.model) setModel(c.model);
   };
   const onKey = (e) => { if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); } };
   const upTo = (i) => messages.slice(0, i).map(({ streaming, ...m }) => m);
@@ -184,6 +218,12 @@ function Chat() {
       <${ModelPicker} id="chat-model" capability="chat" value=${model} onChange=${setModel} only=${only} setOnly=${setOnly} disabled=${busy} />
       <span class="spacer"></span>
       <button class="ghost" aria-expanded=${showSettings} onClick=${() => setShowSettings(!showSettings)}>⚙ Settings</button>
+      ${saved.length > 0 && html`<select aria-label="Saved conversations" value="" onChange=${(e) => open(e.target.value)} disabled=${busy}>
+        <option value="">Saved conversations…</option>${saved.map((c) => html`<option value=${c.name}>${c.name}</option>`)}</select>`}
+      ${naming === null ? html`<button class="ghost" onClick=${() => setNaming("")} disabled=${!messages.length || busy}>Save</button>`
+        : html`<form class="inline-form" onSubmit=${saveAs}><label class="sr-only" for="chat-name">Conversation name</label>
+          <input id="chat-name" placeholder="Conversation name" value=${naming} onInput=${(e) => setNaming(e.target.value)} autofocus />
+          <button class="primary" type="submit">Save conversation</button><button class="ghost" type="button" onClick=${() => setNaming(null)}>Cancel</button></form>`}
       <button class="ghost" onClick=${exportChat} disabled=${!messages.length}>Export</button>
       <button class="ghost" onClick=${newChat} disabled=${!messages.length}>New chat</button>
     </div>
@@ -192,12 +232,18 @@ function Chat() {
       ${messages.length === 0 && html`<div class="empty muted">Start a conversation: type a message below. Enter sends, Shift+Enter adds a line.</div>`}
       ${messages.map((m, i) => html`<${Message} key=${i + ":" + m.role} m=${m} index=${i} busy=${busy} onEdit=${edit} onRegenerate=${regenerate} onRetry=${regenerate} />`)}
     </div>
+    ${(images.length > 0 || attachError) && html`<div class="attachments">
+      ${images.map((src, i) => html`<span class="thumb"><img src=${src} alt=${"Image " + (i + 1) + " to send"} />
+        <button class="ghost small" aria-label=${"Remove image " + (i + 1)} onClick=${() => setImages(images.filter((_, j) => j !== i))}>✕</button></span>`)}
+      ${attachError && html`<span class="error small" role="alert">${attachError}</span>`}</div>`}
     <div class="composer">
+      <label class="attach ghost" title="Attach images (PNG, JPEG, GIF, WebP; 5 at most, 20 MB each)">🖼<span class="sr-only">Attach image</span>
+        <input type="file" accept="image/png,image/jpeg,image/gif,image/webp" multiple onChange=${attach} disabled=${busy} /></label>
       <label for="chat-input" class="sr-only">Message</label>
       <textarea id="chat-input" rows="3" placeholder=${model ? "Message " + model + "…" : "Pick a model first"} value=${input}
         onInput=${(e) => setInput(e.target.value)} onKeyDown=${onKey} disabled=${!model}></textarea>
       ${busy ? html`<button class="danger" onClick=${() => abort.current && abort.current.abort()}>Stop</button>`
-        : html`<button class="primary" onClick=${send} disabled=${!input.trim() || !model || !live}>Send</button>`}
+        : html`<button class="primary" onClick=${send} disabled=${(!input.trim() && !images.length) || !model || !live}>Send</button>`}
     </div>
   </div>`;
 }
