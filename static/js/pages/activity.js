@@ -20,9 +20,13 @@ function Phases({ entry }) {
     <span class="ph ph-gen" style=${{ flexGrow: rest / total }}></span></span>`;
 }
 
+function speed(x) {
+  return num(x, x >= 100 ? 0 : 1) + " t/s";
+}
+
 function percentile(sorted, p) {
   if (!sorted.length) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];   // nearest rank
 }
 
 // A small histogram of speeds with the P50 / P95 of the requests that report one.
@@ -34,7 +38,7 @@ function SpeedCard({ title, values }) {
   for (const x of v) counts[Math.min(bins - 1, Math.floor((x - lo) / width))] += 1;
   const top = Math.max(...counts);
   return html`<div class="card stat"><span class="muted small">${title}</span>
-    <strong>${num(percentile(v, 0.5), 1)} t/s</strong><span class="small">p95 ${num(percentile(v, 0.95), 1)} · p99 ${num(percentile(v, 0.99), 1)}</span>
+    <strong>${speed(percentile(v, 0.5))}</strong><span class="small">p50 · p95 ${speed(percentile(v, 0.95))} · p99 ${speed(percentile(v, 0.99))}</span>
     <div class="hist" role="img" aria-label=${title + " histogram, " + num(lo, 1) + " to " + num(hi, 1) + " tokens per second"}>
       ${counts.map((c) => html`<span style=${{ height: Math.max(4, (100 * c) / top) + "%" }} class=${c ? "" : "zero"}></span>`)}</div></div>`;
 }

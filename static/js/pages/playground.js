@@ -237,7 +237,7 @@ function Chat() {
         <button class="ghost small" aria-label=${"Remove image " + (i + 1)} onClick=${() => setImages(images.filter((_, j) => j !== i))}>✕</button></span>`)}
       ${attachError && html`<span class="error small" role="alert">${attachError}</span>`}</div>`}
     <div class="composer">
-      <label class="attach ghost" title="Attach images (PNG, JPEG, GIF, WebP; 5 at most, 20 MB each)">🖼<span class="sr-only">Attach image</span>
+      <label class="attach ghost" title="Attach images (PNG, JPEG, GIF, WebP; 5 at most, 20 MB each)"><span aria-hidden="true">+ Image</span><span class="sr-only">Attach image</span>
         <input type="file" accept="image/png,image/jpeg,image/gif,image/webp" multiple onChange=${attach} disabled=${busy} /></label>
       <label for="chat-input" class="sr-only">Message</label>
       <textarea id="chat-input" rows="3" placeholder=${model ? "Message " + model + "…" : "Pick a model first"} value=${input}
