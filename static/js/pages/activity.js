@@ -63,6 +63,7 @@ function csv(rows) {
 export function Activity() {
   const activity = useStore((s) => s.activity);
   const inflight = useStore((s) => s.inflight);
+  const epoch = useStore((s) => s.epoch);
   const ever = useStore((s) => s.everConnected);
   const now = useNow(5000);
   const [model, setModel] = useState("");
@@ -78,7 +79,7 @@ export function Activity() {
   const p = Math.min(page, pages - 1);
   const shown = rows.slice(p * PAGE, p * PAGE + PAGE);
   const sum = (k) => activity.reduce((a, e) => a + Math.max(0, (e.tokens || {})[k] || 0), 0);
-  const captures = activity.filter((e) => e.has_capture).length;
+  const captures = activity.filter((e) => e.has_capture && e.epoch === epoch).length;
   const filter = (f) => (e) => { f(e.target.value); setPage(0); };
   return html`<main class="page">
     <div class="page-head"><h1>Activity</h1><span class="spacer"></span>
@@ -109,7 +110,8 @@ export function Activity() {
           <td data-label="Cached" class="num">${t.cache_tokens > 0 ? num(t.cache_tokens) : "–"}</td><td data-label="Prompt" class="num">${num(t.input_tokens)}</td><td data-label="Generated" class="num">${num(t.output_tokens)}</td>
           <td data-label="Prompt speed" class="num">${t.prompt_per_second > 0 ? num(t.prompt_per_second, 1) + " t/s" : "–"}</td><td data-label="Gen speed" class="num">${t.tokens_per_second > 0 ? num(t.tokens_per_second, 1) + " t/s" : "–"}</td>
           <td data-label="Duration" class="num">${seconds(e.duration_ms / 1000)}</td><td data-label="Timing"><${Phases} entry=${e} /></td>
-          <td data-label="Capture">${e.has_capture ? html`<button class="small" onClick=${() => setOpen(e)} aria-label=${"View capture " + e.id}>View</button>` : html`<span class="muted">–</span>`}</td></tr>`; })}
+          <td data-label="Capture">${e.has_capture && e.epoch !== epoch ? html`<span class="muted small" title="llamaswap restarted since; its captures are gone">gone</span>`
+            : e.has_capture ? html`<button class="small" onClick=${() => setOpen(e)} aria-label=${"View capture " + e.id}>View</button>` : html`<span class="muted">–</span>`}</td></tr>`; })}
       </tbody></table></div>
     <div class="pager"><button class="ghost" onClick=${() => setPage(p - 1)} disabled=${p === 0}>Newer</button>
       <span class="muted small">Page ${p + 1} of ${pages}</span>
