@@ -24,6 +24,12 @@ ROUTES = {"Playground": "", "Models": "models", "Activity": "activity", "Logs": 
 
 _shared: dict = {}
 
+#: A tenth of a second of silence, as WAV.
+WAV = (b"RIFF" + (36 + 1600).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+       + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (8000).to_bytes(4, "little")
+       + (16000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+       + b"data" + (1600).to_bytes(4, "little") + bytes(1600))
+
 #: A 1x1 PNG.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -361,6 +367,32 @@ class UITests(unittest.TestCase):
         self.assertTrue(page.url.endswith("/ui/#/models"), page.url)
         page.goto(self.daemon.base + "/")
         expect(page.get_by_role("tab", name="Chat")).to_be_visible()
+
+    def test_theMediaTabs(self):
+        expect = _expect()
+        page = self.open("")
+        page.get_by_role("tab", name="Images").click()
+        panel = page.get_by_role("tabpanel", name="Images")
+        panel.get_by_label("Prompt").fill("a lighthouse at dawn")
+        panel.get_by_role("button", name="Generate").click()
+        expect(panel.get_by_role("img", name="Generated image 1").or_(
+            panel.get_by_text("not an image this browser can decode"))).to_be_visible(timeout=20000)
+        self.shot(page, "playground-images-result-desktop-light")
+        page.get_by_role("tab", name="Speech").click()
+        panel = page.get_by_role("tabpanel", name="Speech")
+        panel.get_by_label("Text").fill("hello from the playground")
+        panel.get_by_role("button", name="Speak").click()
+        expect(panel.locator("audio")).to_be_visible(timeout=20000)
+        self.shot(page, "playground-speech-desktop-light")
+        page.get_by_role("tab", name="Transcription").click()
+        panel = page.get_by_role("tabpanel", name="Transcription")
+        panel.get_by_role("checkbox").uncheck()   # no model declares transcription
+        panel.get_by_role("combobox", name="Model", exact=True).select_option("demo-small")
+        panel.get_by_label(re.compile("Audio file")).set_input_files(
+            files=[{"name": "hello.wav", "mimeType": "audio/wav", "buffer": WAV}])
+        panel.get_by_role("button", name="Transcribe").click()
+        expect(panel.locator("pre")).not_to_be_empty(timeout=20000)
+        self.shot(page, "playground-transcription-desktop-light")
 
     def test_anUnknownRouteSaysNotFound(self):
         expect = _expect()

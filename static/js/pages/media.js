@@ -62,8 +62,10 @@ export function Images() {
     <div class="image-grid">${images.length === 0 && !r.busy ? html`<p class="muted">Enter a prompt and press Generate.</p>` : null}
       ${images.map((im, i) => im.broken
         ? html`<div class="failure" role="alert">The server's answer is not an image this browser can decode.</div>`
-        : html`<figure><img src=${im.src} alt=${"Generated image " + (i + 1)} onError=${() => setImages((all) => all.map((x, j) => j === i ? { ...x, broken: true } : x))} />
-          <figcaption><a href=${im.src} download=${"image-" + (i + 1) + ".png"}>Download</a></figcaption></figure>`)}</div>
+        : html`<figure><img src=${im.src} alt=${"Generated image " + (i + 1)}
+            onLoad=${(e) => { const { naturalWidth: w, naturalHeight: h } = e.target; setImages((all) => all.map((x, j) => j === i ? { ...x, size: w + "×" + h } : x)); }}
+            onError=${() => setImages((all) => all.map((x, j) => j === i ? { ...x, broken: true } : x))} />
+          <figcaption>${im.size && html`<span class="muted small">${im.size} px · </span>`}<a href=${im.src} download=${"image-" + (i + 1) + ".png"}>Download</a></figcaption></figure>`)}</div>
   </div>`;
 }
 
