@@ -78,11 +78,11 @@ class Daemon:
     (and so its models).
     """
 
-    def __init__(self, configText: str) -> None:
+    def __init__(self, configText: str, port: int | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="llamaswap-ui-")
         self.configPath = os.path.join(self.dir, "config.yaml")
         Path(self.configPath).write_text(configText)
-        self.port = freePort()
+        self.port = port or freePort()
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [PROJECT_ROOT, env.get("PYTHONPATH", "")] if p)

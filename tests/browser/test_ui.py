@@ -469,3 +469,20 @@ class ConnectionTests(unittest.TestCase):
         page.screenshot(path=str(artifactsDir() / "models-disconnected-desktop-light.png"))
         # What was shown stays shown.
         expect(page.get_by_role("row").filter(has_text="demo-large")).to_be_visible()
+        # llamaswap comes back on the same port: the page reconnects by itself.
+        again = Daemon(demoConfig(), port=daemon.port)
+        self.addCleanup(again.stop)
+        expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible(timeout=20000)
+        expect(load).to_be_enabled()
+        page.get_by_role("link", name="Logs").click()
+        expect(page.get_by_text("llamaswap restarted").first).to_be_visible()
+
+    def test_aDisabledMonitorIsSaidSo(self):
+        expect = _expect()
+        _, browser = shared("ui", "")
+        daemon = Daemon(demoConfig("performance: {disabled: true}\n"))
+        self.addCleanup(daemon.stop)
+        page = browser.page()
+        self.addCleanup(page.context.close)
+        page.goto(daemon.base + "/ui/#/performance")
+        expect(page.get_by_text("The performance monitor is disabled")).to_be_visible()
