@@ -1,6 +1,7 @@
 // Performance: CPU, memory, load and GPU charts (uPlot) from
 // GET /api/performance; while the page is visible, the samples taken since
-// the last one are fetched every `every` seconds (?after=).
+// the last one are fetched once per monitor interval (performance.every in
+// the config, read from /api/config), with ?after=.
 import { html, useEffect, useRef, useState } from "../../vendor/htm-preact.js";
 import uPlot from "../../vendor/uplot.js";
 import { getJSON } from "../api.js";
@@ -46,7 +47,8 @@ export function Performance() {
   const [win, setWin] = useState("15 min");
   const last = useRef("");
   useEffect(() => {
-    let timer = null, stopped = false;
+    let timer = null, stopped = false, every = 5000;
+    getJSON("/api/config").then((c) => { every = Math.max(5, (c.performance || {}).every || 5) * 1000; }, () => {});
     const fetchMore = async () => {
       try {
         const q = last.current ? "?after=" + encodeURIComponent(last.current) : "";
@@ -61,9 +63,9 @@ export function Performance() {
         setState("error");
         setMessage(e.message);
       }
-      if (!stopped) timer = setTimeout(tick, 5000);
+      if (!stopped) timer = setTimeout(tick, every);
     };
-    const tick = () => { if (document.hidden) timer = setTimeout(tick, 5000); else fetchMore(); };
+    const tick = () => { if (document.hidden) timer = setTimeout(tick, every); else fetchMore(); };
     fetchMore();
     return () => { stopped = true; clearTimeout(timer); };
   }, []);
