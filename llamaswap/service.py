@@ -26,7 +26,12 @@ from llamaswap.upstream.cgroups import CgroupTree
 from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.upstream.progress import LoadProgress
 from llamaswap.web.app import LlamaSwapAPI
+from llamaswap.web.auth import StreamTokens
 from llamaswap.web.ui import UIResource, staticPath
+
+#: Why a reload was refused without reading a file.
+RELOAD_BUSY = "another reload is in progress"
+RELOAD_NO_FILE = "no config file to reload (the config was given in code)"
 
 
 class LlamaSwapRequest(Request):
@@ -304,6 +309,7 @@ class LlamaSwapService(MultiService):
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
+        self.streamTokens = StreamTokens(reactor)
         self.router = RouterService(config, reactor=self.reactor,
                                     machineFactory=self._machine, observer=self.observatory)
         self.progress = LoadProgress(reactor, self.router.loadProgress)
@@ -378,7 +384,8 @@ class LlamaSwapService(MultiService):
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
-                            observatory=self.observatory, ui=self.ui)
+                            observatory=self.observatory, ui=self.ui,
+                            reload=self.reload, streamTokens=self.streamTokens)
 
     def reload(self, config=None) -> Deferred[ReloadReport]:
         """
@@ -397,9 +404,9 @@ class LlamaSwapService(MultiService):
         """
         if self._reloading:
             self.log.warn("config reload already in progress; this one is dropped")
-            return succeed(ReloadReport(applied=False, reason="another reload is in progress"))
+            return succeed(ReloadReport(applied=False, reason=RELOAD_BUSY))
         if config is None and self.configPath is None:
-            return succeed(ReloadReport(applied=False, reason="no config file to read"))
+            return succeed(ReloadReport(applied=False, reason=RELOAD_NO_FILE))
         self._reloading = True
         if config is not None:
             d = succeed(config)

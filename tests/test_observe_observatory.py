@@ -87,12 +87,14 @@ class ModelStatusTests(SynchronousTestCase):
 
     def test_localModelsThenPeers(self):
         self.observatory.stateChanged("m", "stopped", "starting")
-        self.assertEqual(self.observatory.modelStatus(), [
-            {"id": "m", "name": "Model M", "description": "", "unlisted": False,
-             "peerID": "", "aliases": ["mm"], **RUNTIME, "state": "starting", "since": 1000},
-            {"id": "far", "name": "far", "description": "", "state": "ready",
-             "unlisted": False, "peerID": "p"},
-        ])
+        local, peer = self.observatory.modelStatus()
+        self.assertEqual({k: local[k] for k in ("id", "name", "description", "unlisted",
+                                                "peerID", "aliases", "state", *RUNTIME)},
+                         {"id": "m", "name": "Model M", "description": "", "unlisted": False,
+                          "peerID": "", "aliases": ["mm"], **RUNTIME, "state": "starting",
+                          "since": 1000})
+        self.assertEqual(peer, {"id": "far", "name": "far", "description": "", "state": "ready",
+                                "unlisted": False, "peerID": "p"})
 
     def test_routerReportsAreTheRuntimeFields(self):
         """
@@ -146,3 +148,32 @@ class ModelStatusTests(SynchronousTestCase):
         self.assertIsNotNone(o.performance)
         self.assertEqual(o.performance.every, 7.0)
         self.assertTrue(o.metricsResource.enabled)
+
+    def test_staticFactsOfAGroupedModel(self):
+        config = loadConfigText(
+            "startPort: 7100\n"
+            "models:\n"
+            "  m: {cmd: 'srv --port ${PORT}', ttl: 90,\n"
+            "      metadata: {capabilities: [Chat, TTS, vision, chat]}}\n"
+            "  n: {cmd: 'srv', proxy: 'http://127.0.0.1:9123', metadata: {capabilities: 'rerank, stt'}}\n"
+            "groups:\n"
+            "  pair: {members: [m, n]}\n")
+        m, n = Observatory(config, Clock(), publisher=LogPublisher()).modelStatus()
+        self.assertEqual((m["ttl"], m["group"], m["matrixSets"], m["proxyPort"]),
+                         (90, "pair", [], 7100))
+        self.assertEqual(m["capabilities"], ["chat", "speech", "vision"])
+        self.assertEqual((n["proxyPort"], n["capabilities"]), (9123, ["rerank", "transcription"]))
+
+    def test_staticFactsUnderAMatrix(self):
+        config = loadConfigText(
+            "models:\n"
+            "  a: {cmd: 'srv --port ${PORT}'}\n"
+            "  b: {cmd: 'srv --port ${PORT}'}\n"
+            "matrix:\n"
+            "  vars: {x: a, y: b}\n"
+            "  sets:\n"
+            "    both: 'x & y'\n"
+            "    solo: 'x'\n")
+        a, b = Observatory(config, Clock(), publisher=LogPublisher()).modelStatus()
+        self.assertEqual((a["group"], a["matrixSets"]), (None, ["both", "solo"]))
+        self.assertEqual(b["matrixSets"], ["both"])

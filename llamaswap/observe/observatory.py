@@ -11,6 +11,7 @@ the web routes that read it.
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
@@ -61,6 +62,75 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
 
 #: Load progress is published at most this often per model (seconds).
 PROGRESS_INTERVAL = 0.5
+
+
+#: Capability names the UI knows, and the spellings users write for them
+#: in a model's C{metadata.capabilities} (config/config.example.yaml).
+CAPABILITIES = {
+    "chat": "chat", "completion": "chat", "completions": "chat", "text": "chat",
+    "vision": "vision", "reasoning": "reasoning", "tools": "tools",
+    "embedding": "embeddings", "embeddings": "embeddings",
+    "image": "images", "images": "images", "image-generation": "images",
+    "speech": "speech", "tts": "speech", "audio-speech": "speech",
+    "transcription": "transcription", "stt": "transcription", "asr": "transcription",
+    "rerank": "rerank", "reranking": "rerank",
+}
+
+
+def capabilitiesOf(metadata: Any) -> list[str]:
+    """
+    @param metadata: a model's C{metadata} mapping.
+    @return: the capabilities it declares under C{capabilities} (a list,
+        or a comma- or space-separated string), normalised by
+        L{CAPABILITIES} (unknown names kept, lower-cased), in order.
+    """
+    declared = metadata.get("capabilities") if isinstance(metadata, dict) else None
+    if isinstance(declared, str):
+        declared = declared.replace(",", " ").split()
+    if not isinstance(declared, (list, tuple)):
+        return []
+    out: list[str] = []
+    for name in declared:
+        key = str(name).strip().lower()
+        if key:
+            value = CAPABILITIES.get(key, key)
+            if value not in out:
+                out.append(value)
+    return out
+
+
+def _portOf(url: str) -> int | None:
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
+
+
+def staticFacts(config, modelId: str) -> dict[str, Any]:
+    """
+    @return: the facts of a model's C{modelStatus} record that come from
+        the config: C{ttl} (seconds, 0 never), C{group} (its swap group's
+        id, or L{None} under a matrix), C{matrixSets} (names of the matrix
+        sets it belongs to), C{proxy}, C{proxyPort}, C{capabilities}
+        (L{capabilitiesOf}) and C{metadata}.
+    """
+    model = config.models[modelId]
+    swap = config.swap
+    group = None
+    sets: list[str] = []
+    if hasattr(swap, "groupOf"):
+        group = swap.groupOf(modelId).id
+    else:
+        sets = sorted({s.name for s in getattr(swap, "expanded", ()) if modelId in s.models})
+    return {
+        "ttl": model.ttl,
+        "group": group,
+        "matrixSets": sets,
+        "proxy": model.proxy,
+        "proxyPort": model.port if model.port is not None else _portOf(model.proxy),
+        "capabilities": capabilitiesOf(model.metadata),
+        "metadata": model.metadata,
+    }
 
 
 @implementer(IRouterReport)
@@ -319,6 +389,7 @@ class Observatory(Service):
             record.update((k, runtime[k]) for k in RUNTIME_DEFAULTS)
             if model.aliases:
                 record["aliases"] = list(model.aliases)
+            record.update(staticFacts(self.config, modelId))
             records.append(record)
         for peerId, peer in sorted(self.config.peers.items()):
             for name in peer.models:

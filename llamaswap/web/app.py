@@ -30,15 +30,19 @@ from llamaswap.proxy.peers import PeerDirectory, peerUnreachable, upstreamReques
 from llamaswap.proxy.relay import RelayResource, UpstreamAgents
 from llamaswap.web.auth import (
     WWW_AUTHENTICATE,
+    StreamTokens,
     Unauthorized,
+    challenges,
     checkAuth,
     isOpenPath,
     stripCredentials,
+    tokenAccepted,
 )
 from llamaswap.web.errors import renderError, toError, writeError
 from llamaswap.web.loading import LoadingStream
 from llamaswap.web.performance import PerformanceResource
 from llamaswap.web.ui import UIResource, staticPath
+from llamaswap.web.uiapi import UIApi
 from llamaswap.web.upstream_path import (
     MODEL_NOT_FOUND,
     restPathBytes,
@@ -129,10 +133,12 @@ class _Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped, apiKeys, draining=lambda: False) -> None:
+    def __init__(self, wrapped, apiKeys, tokens: StreamTokens | None = None,
+                 draining=lambda: False) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.apiKeys = tuple(apiKeys)
+        self.tokens = tokens
         self.draining = draining
 
     def render(self, request) -> bytes:
@@ -142,8 +148,10 @@ class _Front(Resource):
         if request.method == b"OPTIONS":
             return self.preflight(request)
         if self.apiKeys and not isOpenPath(request.method, request.path):
-            if not checkAuth(request.requestHeaders, self.apiKeys):
-                request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+            if not (checkAuth(request.requestHeaders, self.apiKeys)
+                    or tokenAccepted(request, self.tokens)):
+                if challenges(request.requestHeaders):
+                    request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
                 return renderError(request, Unauthorized())
             request.requestHeaders = stripCredentials(request.requestHeaders)
         return self.wrapped.render(request)
@@ -194,6 +202,10 @@ class LlamaSwapAPI:
     @param observatory: the L{llamaswap.observe.observatory.Observatory}
         that meters relayed requests and serves logs, events and metrics
         (without one, those routes answer 404).
+    @param reload: reloads the config (C{POST /api/config/reload}); returns
+        a L{Deferred} firing with a L{llamaswap.reload.ReloadReport}.
+    @param streamTokens: the L{StreamTokens} of C{/api/events} (kept
+        across reloads by the caller; a new one by default).
     """
 
     app = Klein()
@@ -210,6 +222,8 @@ class LlamaSwapAPI:
         staticDir: str | None = None,
         observatory=None,
         ui: UIResource | None = None,
+        reload=None,
+        streamTokens: StreamTokens | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -220,12 +234,14 @@ class LlamaSwapAPI:
         self.peers = PeerDirectory.fromConfig(config)
         self.observatory = observatory
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
+        self.streamTokens = streamTokens if streamTokens is not None else StreamTokens(clock)
+        self.uiApi = UIApi(config, self.streamTokens, reload)
 
     def resource(self):
         """
         @return: the L{IResource} serving this API.
         """
-        return _Front(self.app.resource(), self.config.apiKeys,
+        return _Front(self.app.resource(), self.config.apiKeys, self.streamTokens,
                       lambda: getattr(self.router, "draining", False))
 
     # -- errors -----------------------------------------------------------
@@ -494,6 +510,20 @@ class LlamaSwapAPI:
     @app.route("/api/performance", methods=["GET"])
     def performance(self, request):
         return PerformanceResource(self._observe().performance)
+
+    # -- the web UI's own API (llamaswap/web/uiapi.py) ---------------------
+
+    @app.route("/api/config", methods=["GET"])
+    def effectiveConfig(self, request) -> bytes:
+        return self.uiApi.config(request)
+
+    @app.route("/api/config/reload", methods=["POST"])
+    async def reloadConfig(self, request) -> bytes:
+        return await self.uiApi.reload(request)
+
+    @app.route("/api/events/token", methods=["POST"])
+    def eventsToken(self, request) -> bytes:
+        return self.uiApi.eventsToken(request)
 
     @app.route("/api/version", methods=["GET"])
     def version(self, request) -> bytes:

@@ -15,6 +15,14 @@ exactly; the comparison takes the same time whatever the key.  A failure
 is answered 401 with L{WWW_AUTHENTICATE}; a success removes the
 credentials (L{stripCredentials}) before the request is forwarded.
 
+The web UI marks its calls with the header L{UI_HEADER}: a 401 to such a
+call carries no C{WWW-Authenticate} challenge (L{challenges}), so the
+browser shows no Basic-auth pop-up and the UI asks for the key in its own
+form.  C{EventSource} cannot send headers, so the UI first asks
+C{POST /api/events/token} (authenticated) for a short-lived
+L{StreamTokens} token and opens C{GET /api/events?token=...}; the token is
+accepted on that route only (L{tokenAccepted}).
+
 Nothing here logs, and no message includes a key.
 """
 
@@ -23,7 +31,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 from typing import Iterable
+
+from twisted.internet.interfaces import IReactorTime
 
 from twisted.web.http_headers import Headers
 
@@ -37,6 +48,12 @@ WWW_AUTHENTICATE = b'Basic realm="llama-swap"'
 
 #: The request headers that carry credentials.
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+
+#: The request header the web UI sends with each of its calls.
+UI_HEADER = b"x-llamaswap-ui"
+
+#: The one route that accepts a L{StreamTokens} token as C{?token=}.
+TOKEN_PATH = b"/api/events"
 
 #: Paths open without a key, whatever the method.
 OPEN_PATHS = frozenset({"/", "/health", "/wol-health", "/favicon.ico", "/metrics", "/ui"})
@@ -146,3 +163,68 @@ def stripCredentials(headers: Headers) -> Headers:
         if name.lower() not in CREDENTIAL_HEADERS:
             out.setRawHeaders(name, values)
     return out
+
+
+def challenges(headers: Headers) -> bool:
+    """
+    @return: whether a 401 to a request with C{headers} should carry the
+        C{WWW-Authenticate} challenge: not when the web UI sent it (it
+        carries L{UI_HEADER}), which asks for the key in its own form.
+    """
+    return not headers.hasHeader(UI_HEADER)
+
+
+class StreamTokens:
+    """
+    Short-lived tokens that let the UI's C{EventSource} (which cannot send
+    headers) open C{GET /api/events}: C{<expiry>.<HMAC-SHA256 of it>},
+    signed with a secret made when this object is, so no token outlives
+    the process.  A token serves any number of connections until it
+    expires; an open stream is not cut when it does.
+
+    @param clock: gives the time tokens expire by.
+    @param lifetime: seconds a token is accepted after it is issued.
+    @param secret: the signing key (random by default).
+    """
+
+    def __init__(self, clock: IReactorTime, lifetime: float = 60.0,
+                 secret: bytes | None = None) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self._secret = secret if secret is not None else os.urandom(32)
+
+    def _sign(self, expiry: bytes) -> bytes:
+        return hmac.new(self._secret, expiry, "sha256").hexdigest().encode("ascii")
+
+    def issue(self) -> tuple[str, float]:
+        """
+        @return: C{(token, expiry)}, the expiry in POSIX seconds.
+        """
+        expiry = int(self.clock.seconds() + self.lifetime)
+        stamp = str(expiry).encode("ascii")
+        return (stamp + b"." + self._sign(stamp)).decode("ascii"), float(expiry)
+
+    def accepts(self, token: bytes | str) -> bool:
+        """
+        @return: whether C{token} was issued here and has not expired.
+        """
+        if isinstance(token, str):
+            token = token.encode("latin-1", "replace")
+        stamp, dot, signature = token.partition(b".")
+        if not dot or not stamp.isdigit():
+            return False
+        if not hmac.compare_digest(self._sign(stamp), signature):
+            return False
+        return int(stamp) >= self.clock.seconds()
+
+
+def tokenAccepted(request, tokens: StreamTokens | None) -> bool:
+    """
+    @return: whether C{request} is a C{GET} of L{TOKEN_PATH} whose
+        C{?token=} query parameter C{tokens} accepts.  No other route
+        takes a token.
+    """
+    if tokens is None or request.method != b"GET" or request.path != TOKEN_PATH:
+        return False
+    values = (request.args or {}).get(b"token") or []
+    return len(values) == 1 and tokens.accepts(values[0])

@@ -14,6 +14,17 @@ from pathlib import Path
 
 from twisted.web.resource import NoResource, Resource
 
+#: The Content-Security-Policy of every file under C{/ui/}: scripts, styles
+#: and everything else from llamaswap itself only (no inline script, no
+#: inline style attribute, no other origin); images and audio may also be
+#: C{data:} or C{blob:} URLs (generated images, speech).
+CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; "
+    b"img-src 'self' data: blob:; media-src 'self' data: blob:; connect-src 'self'; "
+    b"font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    b"frame-ancestors 'none'"
+)
+
 
 def staticPath() -> str:
     """
@@ -70,4 +81,7 @@ class UIResource(Resource):
         body, kind = found
         request.setHeader(b"content-type", kind)
         request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"content-security-policy", CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
         return b"" if request.method == b"HEAD" else body
