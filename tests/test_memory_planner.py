@@ -153,7 +153,7 @@ class LoadSequenceTests(SynchronousTestCase):
     @given(st.integers(1, 50), st.lists(st.integers(0, 50), min_size=8, max_size=8),
            st.lists(st.sampled_from(NAMES), min_size=1, max_size=40))
     def test_withinBudget(self, budget, sizes, loads) -> None:
-        needs = {m: min(size, budget) for m, size in zip(NAMES, sizes)}
+        needs = {m: min(size, budget) for m, size in zip(NAMES, sizes, strict=True)}
         running: set = set()
         lastUsed: dict = {}
         planner = MemoryFitPlanner()

@@ -128,7 +128,8 @@ def _budgets(sec: Section) -> Dict[str, Any]:
             raise sec.error("devices", f"expected a mapping of GPU index to budget, got "
                             f"{describe(devices)}", devices)
         inner = sec.section("devices")
-        for key, _, valueNode in inner.entries():
+        for entry, _, valueNode in inner.entries():
+            key: Any = entry
             if not key.isdigit():
                 raise inner.error(key, f"memory: a device is a GPU index, got {key!r}")
             budgets[str(int(key))] = _size(

@@ -32,7 +32,18 @@ run through the injected C{inThread}.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+)
 
 import attr
 from twisted.internet.defer import Deferred, gatherResults
@@ -304,7 +315,8 @@ class MemoryManager:
         """
         wanted = frozenset(wanted)
         busy = [m for m, v in views.items()
-                if (v.state == "ready" and v.inFlight > 0) or (v.state == "starting" and m in wanted)]
+                if (v.state == "ready" and v.inFlight > 0)
+                or (v.state == "starting" and m in wanted)]
         leaving = [m for m, v in views.items() if v.state == "stopping"]
         lastUsed = {m: v.idleSince for m, v in views.items() if v.idleSince is not None}
         return ISwapPlanner(MemorySwap(basePlanner(self.config, planner),
@@ -323,7 +335,7 @@ class MemoryManager:
         """
         if self._started is not None:
             return self._started
-        work = [] if self.store.loaded else [self.store.load()]
+        work: List[Deferred[Any]] = [] if self.store.loaded else [self.store.load()]
         for modelId, model in self.config.models.items():
             if self.memory.model(modelId).need is None and modelId not in self.estimates:
                 work.append(self._inThread(self._estimate, model.argv, self.memory.overhead)
