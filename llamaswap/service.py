@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from llamaswap.config import loadConfig
+from llamaswap.memory.wiring import MemoryWiring
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
@@ -227,6 +228,8 @@ class LlamaSwapService(MultiService):
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
+        self.memory = MemoryWiring(reactor, configPath)
+        self.observatory.memoryRecord = self.memory.record
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
@@ -237,6 +240,10 @@ class LlamaSwapService(MultiService):
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
         self._reloading = False
         self._retiring: set[Deferred[None]] = set()
+
+    def startService(self) -> None:
+        self.memory.start()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -250,9 +257,14 @@ class LlamaSwapService(MultiService):
     def _stateChanged(self, modelId: str, old: str, new: str) -> None:
         if new in ("stopped", "failed"):
             self.agents.reset(modelId)
+        self.memory.stateChanged(modelId, new)
         self.observatory.stateChanged(modelId, old, new)
 
     def _router(self, config, adopted, startAfter=None) -> RouterService:
+        self.memory.managerFor(
+            config, lambda m: getattr(self.router.machines.get(m), "pid", None),
+            self.observatory.modelsChanged, start=self.running)
+
         def machineFactory(model, onExit) -> UpstreamMachine:
             return UpstreamMachine(
                 model,
