@@ -230,13 +230,13 @@ class OomRetryTests(ManagerFixture, SynchronousTestCase):
             self.assertTrue(m.retryAfterOom("est", self.OOM))
         self.assertIn("retrying once", " ".join(formatEvent(e) for e in events))
         self.assertEqual(m.plannerFor(object(), views).evictionFor("est", {"dec"}), {"dec"})
-        # The retry failed too: the failure stands, and the extra is gone.
+        # The retry failed too: the failure stands, and the extra eviction is gone.
         self.assertFalse(m.retryAfterOom("est", self.OOM))
         self.assertEqual(m.plannerFor(object(), views).evictionFor("est", {"dec"}), frozenset())
         # A later failure may be retried again.
         self.assertTrue(m.retryAfterOom("est", self.OOM))
         m.stateChanged("est", "ready")  # a success ends the retry
-        self.assertEqual(m.situation().extra, {})
+        self.assertEqual(m.situation().also, {})
 
     def test_notOom(self) -> None:
         self.m.stateChanged("dec", "ready")

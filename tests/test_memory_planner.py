@@ -5,6 +5,7 @@ hypothesis over arbitrary needs, budgets, busy sets and last-used orders.
 
 from __future__ import annotations
 
+import attr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -40,10 +41,11 @@ def situations(draw):
     busy = frozenset(draw(st.sets(st.sampled_from(sorted(running)))) if running else set())
     pinned = frozenset(draw(st.sets(st.sampled_from(sorted(running))))) if running else frozenset()
     lastUsed = {m: draw(st.floats(0, 1000)) for m in running}
-    extra = draw(st.integers(0, 2))
+    also = frozenset(draw(st.sets(st.sampled_from(sorted(running - pinned)), max_size=1))
+                     if running - pinned else ())
     situation = MemorySituation(
         needs=needs, budgets={"0": budget}, busy=busy, lastUsed=lastUsed,
-        pinned={target: pinned}, extra={target: extra} if extra else {})
+        pinned={target: pinned}, also={target: also} if also else {})
     return target, running, situation
 
 
@@ -114,6 +116,8 @@ class FitPropertyTests(SynchronousTestCase):
         goes.
         """
         target, running, situation = case
+        if situation.also:
+            return
         fit = self.planner.fit(target, running, situation)
         idle = running - situation.busy - situation.pinned[target]
         kept = idle - set(fit.evict)
@@ -133,7 +137,7 @@ class FitPropertyTests(SynchronousTestCase):
         would no longer fit.
         """
         target, running, situation = case
-        if situation.extra:
+        if situation.also:
             return
         fit = self.planner.fit(target, running, situation)
         chosen = list(fit.evict) + list(fit.wait)
@@ -206,10 +210,13 @@ class FitExampleTests(SynchronousTestCase):
         fit = self.planner.fit("b", {"a"}, s)
         self.assertEqual((fit.stops, fit.fits, fit.budget), (frozenset(), True, None))
 
-    def test_extraEvictsOneMore(self) -> None:
+    def test_alsoEvicted(self) -> None:
         s = MemorySituation(needs={"a": 2, "b": 2, "c": 2}, budgets={"0": 8},
-                            lastUsed={"a": 1, "b": 2}, extra={"c": 1})
-        self.assertEqual(self.planner.fit("c", {"a", "b"}, s).evict, ("a",))
+                            lastUsed={"a": 1, "b": 2}, also={"c": frozenset({"b"})})
+        self.assertEqual(self.planner.fit("c", {"a", "b"}, s).evict, ("b",))
+        self.assertEqual(self.planner.fit("c", {"a"}, s).evict, ())
+        busy = attr.evolve(s, busy=frozenset({"b"}))
+        self.assertEqual(self.planner.fit("c", {"a", "b"}, busy).wait, ("b",))
 
     def test_doesNotFitEvenAlone(self) -> None:
         s = MemorySituation(needs={"a": 2, "p": 2, "c": 9}, budgets={"0": 8},

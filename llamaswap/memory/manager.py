@@ -216,7 +216,9 @@ class MemoryManager:
         self._estimatedCmd: Dict[str, str] = {}
         self._states: Dict[str, str] = {}
         self._planned: Dict[str, int] = {}
-        self._extra: Dict[str, int] = {}
+        self._also: Dict[str, FrozenSet[str]] = {}
+        self._lastUsed: Dict[str, float] = {}
+        self._busy: FrozenSet[str] = frozenset()
         self._retried: Set[str] = set()
         self._pinned = pinnedFor(config)
         self._devices = {m: self.memory.model(m).device for m in config.models}
@@ -299,7 +301,7 @@ class MemoryManager:
         return MemorySituation(
             needs=self.needs(), budgets=dict(self.budgets), devices=self._devices,
             busy=frozenset(busy), leaving=frozenset(leaving),
-            lastUsed=dict(lastUsed or {}), pinned=self._pinned, extra=dict(self._extra))
+            lastUsed=dict(lastUsed or {}), pinned=self._pinned, also=dict(self._also))
 
     def plannerFor(self, planner: object, views: Mapping[str, Any],
                    wanted: Iterable[str] = ()) -> object:
@@ -319,6 +321,7 @@ class MemoryManager:
                 or (v.state == "starting" and m in wanted)]
         leaving = [m for m, v in views.items() if v.state == "stopping"]
         lastUsed = {m: v.idleSince for m, v in views.items() if v.idleSince is not None}
+        self._lastUsed, self._busy = lastUsed, frozenset(busy)
         return ISwapPlanner(MemorySwap(basePlanner(self.config, planner),
                                        self.situation(busy, leaving, lastUsed)))
 
@@ -439,7 +442,7 @@ class MemoryManager:
             self._onChange()
         if new != "ready":
             return None
-        self._extra.pop(modelId, None)
+        self._also.pop(modelId, None)
         self._retried.discard(modelId)
         if not self.memory.learn:
             self._onChange()
@@ -494,29 +497,33 @@ class MemoryManager:
 
         @return: C{True} when that output reports an out-of-memory error,
             this model's start was not already retried for it, and another
-            live model of its device may be evicted: its next plan then
-            evicts one more model and its waiters should keep waiting (the
-            retry).  C{False} otherwise (the failure stands; a retried
+            live model of its device may be evicted: its next plans then
+            evict that model too (the least recently used idle one, else a
+            busy one once it drains) and its waiters should keep waiting
+            (the retry).  C{False} otherwise (the failure stands; a retried
             start that fails again ends the retry).
         """
         if modelId in self._retried:
             self._retried.discard(modelId)
-            self._extra.pop(modelId, None)
+            self._also.pop(modelId, None)
             return False
         line = outOfMemoryLine(lines)
         if line is None:
             return False
         device = self._devices.get(modelId)
         pinned = self._pinned.get(modelId, frozenset())
-        others = [m for m, s in self._states.items()
-                  if s in ("starting", "ready") and m != modelId and m not in pinned
-                  and self._devices.get(m) == device]
+        others = sorted(
+            (m for m, s in self._states.items()
+             if s in ("starting", "ready") and m != modelId and m not in pinned
+             and self._devices.get(m) == device),
+            key=lambda m: (m in self._busy, self._lastUsed.get(m, float("inf")), m))
         if not others:
             self.log.warn("[{model}] memory: the start ran out of memory ({line}) and no other "
                           "model can make room", model=modelId, line=line)
             return False
         self._retried.add(modelId)
-        self._extra[modelId] = 1
+        self._also[modelId] = frozenset(others[:1])
         self.log.warn("[{model}] memory: the start ran out of memory ({line}); retrying once "
-                      "with one more model evicted", model=modelId, line=line)
+                      "with one more model evicted ({evicted})", model=modelId, line=line,
+                      evicted=others[0])
         return True

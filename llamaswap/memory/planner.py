@@ -39,8 +39,9 @@ it):
        out-of-memory failure is retried once, see L{llamaswap.memory.oom}).
     5. A model whose need is unknown counts as needing its device's whole
        budget: it runs alone, like a model in no set of a matrix.
-    6. C{extra} (an out-of-memory retry) evicts that many more models than
-       the rules above would, in the same order.
+    6. C{also} (an out-of-memory retry) names models that go for the
+       target whatever the budget says (busy ones are waited for), before
+       the rules above are applied to the rest.
 
 How the strategies combine: the configured groups or matrix decide first
 (C{swap: true} groups still swap their members, exclusive groups still stop
@@ -83,8 +84,8 @@ class MemorySituation:
     @ivar lastUsed: model id -> when it was last used (any clock); a model
         missing here counts as used just now.
     @ivar pinned: target id -> the models that must not be evicted for it.
-    @ivar extra: target id -> how many more models to evict than needed
-        (the out-of-memory retry).
+    @ivar also: target id -> models that must go for it in any case (the
+        out-of-memory retry's one more eviction).
     """
 
     needs: Mapping[str, int] = attr.Factory(dict)
@@ -94,7 +95,7 @@ class MemorySituation:
     leaving: FrozenSet[str] = frozenset()
     lastUsed: Mapping[str, float] = attr.Factory(dict)
     pinned: Mapping[str, FrozenSet[str]] = attr.Factory(dict)
-    extra: Mapping[str, int] = attr.Factory(dict)
+    also: Mapping[str, FrozenSet[str]] = attr.Factory(dict)
 
     def device(self, modelId: str) -> str:
         return self.devices.get(modelId, DEFAULT_DEVICE)
@@ -153,7 +154,7 @@ class MemoryFitPlanner:
         if target in running or budget is None:
             return Fit(budget=budget, used=used + situation.need(target))
         need = situation.need(target)
-        extra = max(0, situation.extra.get(target, 0))
+        also = situation.also.get(target, frozenset())
         pinned = situation.pinned.get(target, frozenset())
         now = math.inf
 
@@ -161,16 +162,22 @@ class MemoryFitPlanner:
             return (0 if m in situation.leaving else 1, situation.lastUsed.get(m, now), m)
 
         candidates = sorted((m for m in others if m not in pinned), key=order)
-        idle = [m for m in candidates if m not in situation.busy or m in situation.leaving]
-        busy = [m for m in candidates if m in situation.busy and m not in situation.leaving]
         evict: List[str] = []
         wait: List[str] = []
+
+        def isIdle(m: str) -> bool:
+            return m not in situation.busy or m in situation.leaving
+
+        for m in [m for m in candidates if m in also]:
+            (evict if isIdle(m) else wait).append(m)
+            used -= situation.need(m)
+        candidates = [m for m in candidates if m not in also]
+        idle = [m for m in candidates if isIdle(m)]
+        busy = [m for m in candidates if not isIdle(m)]
         for group, chosen in ((idle, evict), (busy, wait)):
             for m in group:
-                if used + need <= budget and extra == 0:
-                    break
                 if used + need <= budget:
-                    extra -= 1
+                    break
                 chosen.append(m)
                 used -= situation.need(m)
         return Fit(tuple(evict), tuple(wait), used + need <= budget, budget, used + need)
