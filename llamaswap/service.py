@@ -250,6 +250,7 @@ class LlamaSwapService(MultiService):
         Stop every child in reverse order, and wait as well for the models
         a reload is still stopping.
         """
+        self.memory.stop()
         stopping = super().stopService()
         return gatherResults([stopping, *self._retiring], consumeErrors=True).addCallback(
             lambda _: None)

@@ -11,12 +11,13 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 import llamaswap.router  # noqa: F401  (registers the adapters)
 from llamaswap.config import loadConfigText
-from llamaswap.memory.manager import MemoryManager, snapshot, statePath
+from llamaswap.memory.manager import REMEASURE_AFTER, MemoryManager, snapshot, statePath
 from llamaswap.memory.store import NeedStore, commandDigest, readState, writeState
 from llamaswap.observe.gpu import NvmlProbe
 from llamaswap.router.scheduler import ModelView
@@ -63,14 +64,15 @@ class ManagerFixture:
         self.pgids = {"est": 100, "dec": 200}
         self.statePath = os.path.join(self.dir, "state.json")
 
-    def manager(self, memory: str = "  budget: 8GiB", previous=None) -> MemoryManager:
+    def manager(self, memory: str = "  budget: 8GiB", previous=None,
+                clock=None) -> MemoryManager:
         config = loadConfigText(configText(self.gguf, memory))
         store = NeedStore(self.statePath, inlineThread)
         self.changes = []
         manager = MemoryManager(
             config, store, self.probe, inlineThread, self.pgids.get,
             onChange=lambda: self.changes.append(1), previous=previous,
-            pgidOf=lambda pid: pid // 10 * 10)
+            pgidOf=lambda pid: pid // 10 * 10, clock=clock)
         manager.start()
         return manager
 
@@ -154,6 +156,34 @@ class ManagerTests(ManagerFixture, SynchronousTestCase):
         m.stateChanged("est", "ready")
         self.assertEqual(m.need("est"), (3 * GiB, "learned"))
         self.assertEqual(readState(self.statePath)["est"]["loads"], 2)
+
+    def test_measuredAgainAfterLoading(self) -> None:
+        """
+        A loaded model is measured once more a while after it became ready
+        (memory allocated on first use counts); not once it has stopped.
+        """
+        clock = Clock()
+        m = self.manager(clock=clock)
+        self.probe.procs = [(0, 100, GiB)]
+        m.stateChanged("est", "ready")
+        self.assertEqual(m.need("est"), (GiB, "learned"))
+        self.probe.procs = [(0, 100, 2 * GiB)]
+        clock.advance(REMEASURE_AFTER)
+        self.assertEqual(m.need("est"), (2 * GiB, "learned"))
+        m.stateChanged("est", "ready")
+        m.stateChanged("est", "stopping")
+        self.probe.procs = [(0, 100, 5 * GiB)]
+        clock.advance(REMEASURE_AFTER)
+        self.assertEqual(m.need("est"), (2 * GiB, "learned"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stopCancelsMeasurements(self) -> None:
+        clock = Clock()
+        m = self.manager(clock=clock)
+        m.stateChanged("est", "ready")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        m.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_declaredKept(self) -> None:
         m = self.manager()

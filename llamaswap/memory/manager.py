@@ -47,6 +47,7 @@ from typing import (
 
 import attr
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from llamaswap.config.memory import AUTO, MemoryConfig
@@ -61,6 +62,9 @@ __all__ = ["GpuSnapshot", "MemoryManager", "basePlanner", "pinnedFor", "snapshot
            "statePath"]
 
 LIVE = frozenset({"starting", "ready", "stopping"})
+
+#: Seconds after a model became ready at which it is measured once more.
+REMEASURE_AFTER = 30.0
 STATE_FILE = "llamaswap-memory.json"
 
 
@@ -186,6 +190,8 @@ class MemoryManager:
         previous: Optional["MemoryManager"] = None,
         estimate: Callable[..., Tuple[Estimate, str]] = estimateCommand,
         pgidOf: Callable[[int], int] = os.getpgid,
+        clock: Optional[IReactorTime] = None,
+        remeasureAfter: float = REMEASURE_AFTER,
     ) -> None:
         """
         @param config: the L{llamaswap.config.Config}; its C{memory} is set.
@@ -200,6 +206,10 @@ class MemoryManager:
         @param previous: the manager of the configuration this one replaces
             (a reload): its estimates for unchanged commands, its budgets
             and the live models are carried over.
+        @param clock: schedules the second measurement of a loaded model,
+            C{remeasureAfter} seconds after it became ready (memory that is
+            allocated on first use, such as cuBLAS workspaces); without it
+            a model is measured once per load.
         """
         self.config = config
         self.memory: MemoryConfig = config.memory
@@ -223,6 +233,9 @@ class MemoryManager:
         self._pinned = pinnedFor(config)
         self._devices = {m: self.memory.model(m).device for m in config.models}
         self._started: Optional[Deferred[None]] = None
+        self._clock = clock
+        self._remeasureAfter = remeasureAfter
+        self._remeasures: Dict[str, IDelayedCall] = {}
         self._autoWarned = False
         if previous is not None:
             for modelId, model in config.models.items():
@@ -434,6 +447,9 @@ class MemoryManager:
             never fails), or L{None} when nothing is measured.
         """
         self._states[modelId] = new
+        pending = self._remeasures.pop(modelId, None)
+        if pending is not None and pending.active():
+            pending.cancel()
         if new == "starting":
             need, _ = self.need(modelId)
             if need is not None:
@@ -447,7 +463,25 @@ class MemoryManager:
         if not self.memory.learn:
             self._onChange()
             return None
+        if self._clock is not None:
+            self._remeasures[modelId] = self._clock.callLater(
+                self._remeasureAfter, self._remeasure, modelId)
         return self.refresh().addCallback(self._measured, modelId)
+
+    def _remeasure(self, modelId: str) -> None:
+        self._remeasures.pop(modelId, None)
+        if self._states.get(modelId) == "ready":
+            self.refresh().addCallback(self._measured, modelId)
+
+    def stop(self) -> None:
+        """
+        Cancel the measurements still scheduled (the daemon stops, or a
+        reload replaced this manager).
+        """
+        for call in self._remeasures.values():
+            if call.active():
+                call.cancel()
+        self._remeasures.clear()
 
     def _measured(self, snap: Optional[GpuSnapshot], modelId: str) -> None:
         if snap is None or modelId not in snap.models:

@@ -54,6 +54,7 @@ class MemoryWiring:
             from llamaswap.observe.gpu import NvmlProbe
 
             probe = NvmlProbe()
+        self.reactor = reactor
         self.configPath = configPath
         self.probe = probe
         self.inThread = inThread if inThread is not None else threadRunner(reactor)
@@ -75,8 +76,12 @@ class MemoryWiring:
         store = self._stores.get(path)
         if store is None:
             store = self._stores[path] = NeedStore(path, self.inThread)
+        previous = self.manager
+        if previous is not None:
+            previous.stop()
+        clock = self.reactor if hasattr(self.reactor, "callLater") else None
         self.manager = MemoryManager(config, store, self.probe, self.inThread, pgidOfModel,
-                                     onChange=onChange, previous=self.manager)
+                                     onChange=onChange, previous=previous, clock=clock)
         if start:
             self.manager.start()
         return self.manager
@@ -87,6 +92,14 @@ class MemoryWiring:
         """
         if self.manager is not None:
             self.manager.start()
+
+    def stop(self) -> None:
+        """
+        Stop the current manager's scheduled measurements (the daemon
+        stops).
+        """
+        if self.manager is not None:
+            self.manager.stop()
 
     def stateChanged(self, modelId: str, new: str) -> None:
         """
