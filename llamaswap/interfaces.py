@@ -105,6 +105,34 @@ class ISwapPlanner(Interface):
         """
 
 
+class IMemoryPlanner(Interface):
+    """
+    Decides which models must make room, in GPU memory, for a target (the
+    memory-aware strategy; see L{llamaswap.memory.planner}).
+
+    Unlike L{ISwapPlanner}, whose decision depends on the configuration
+    alone, a memory plan depends on what each model needs, on the budget,
+    on which models are busy and on when each was last used: all of it is
+    given in a C{MemorySituation}, so the planner stays pure.
+    """
+
+    def fit(target, running, situation):
+        """
+        @param target: the model id that must run.
+        @param running: the model ids that hold (or will soon hold) memory:
+            live ones and targets of other swaps in progress; may contain
+            C{target}.
+        @param situation: a L{llamaswap.memory.planner.MemorySituation}:
+            needs, budgets, busy and leaving models, last-used times and
+            the models that must not be evicted.
+
+        @return: a L{llamaswap.memory.planner.Fit}: the idle models to
+            evict (least recently used first), the busy models that must
+            drain and go too, and whether the target then fits.  Never
+            evicts a busy model.  Pure and fast: no I/O, no reactor.
+        """
+
+
 class IGpuProbe(Interface):
     """
     Reads GPU statistics; blocking, so callers run it in a thread.
@@ -113,6 +141,13 @@ class IGpuProbe(Interface):
     def sample():
         """
         @return: a list of per-GPU dicts (blocking call).
+        """
+
+    def processes():
+        """
+        @return: the GPU memory used by each process, as a list of dicts
+            with C{gpu} (the GPU's index), C{pid} and C{memoryUsed}
+            (bytes); C{[]} when unavailable (blocking call).
         """
 
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from llamaswap.config import loadConfig
+from llamaswap.memory.wiring import MemoryWiring
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.reload import ReloadReport
@@ -310,8 +311,11 @@ class LlamaSwapService(MultiService):
         self.observatory.setServiceParent(self)
         self.ui = UIResource(staticPath())
         self.streamTokens = StreamTokens(reactor)
+        self.memory = MemoryWiring(reactor, configPath)
+        self.observatory.memoryRecord = self.memory.record
         self.router = RouterService(config, reactor=self.reactor,
                                     machineFactory=self._machine, observer=self.observatory)
+        self._memoryFor(config)
         self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
@@ -322,6 +326,10 @@ class LlamaSwapService(MultiService):
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
             _ShutdownSignals(self).setServiceParent(self)
         self._reloading = False
+
+    def startService(self) -> None:
+        self.memory.start()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -337,6 +345,7 @@ class LlamaSwapService(MultiService):
         return Deferred.fromCoroutine(self._shutdown())
 
     async def _shutdown(self) -> None:
+        self.memory.stop()
         drained = self.router.drain(self.config.shutdownTimeout)
         web = self.getServiceNamed("web")
         try:
@@ -368,6 +377,7 @@ class LlamaSwapService(MultiService):
                 self.progress.began(modelId, machine.pid, model.argv)
         elif old == "starting":
             self.progress.ended(modelId, new == "ready")
+        self.memory.stateChanged(modelId, new)
         self.observatory.stateChanged(modelId, old, new)
 
     def _machine(self, model, onExit) -> UpstreamMachine:
@@ -381,6 +391,15 @@ class LlamaSwapService(MultiService):
             onOutput=self.observatory.upstreamOutput,
             onExit=onExit,
         )
+
+    def _memoryFor(self, config) -> None:
+        """
+        Build the memory manager of C{config} (none without a C{memory}
+        section).
+        """
+        self.memory.managerFor(
+            config, lambda m: getattr(self.router.machines.get(m), "pid", None),
+            self.observatory.modelsChanged, start=self.running)
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
@@ -426,6 +445,7 @@ class LlamaSwapService(MultiService):
             for warning in new.warnings:
                 self.log.warn("config: {warning}", warning=warning)
             self.config = new  # before the router builds new machines
+            self._memoryFor(new)
             done = self.router.reconfigure(
                 new, lambda a, b: launchSettings(a) == launchSettings(b))
             self.observatory.reconfigure(new)

@@ -16,6 +16,12 @@ Upstreams:
     - L{FakeProbe}: an C{IHealthProbe} whose answers the test fires.
     - L{StubModelConfig}: the attributes of C{llamaswap.config.ModelConfig}
       that the upstream machine reads.
+
+GPUs:
+    - L{FakeGpuProbe}: an C{IGpuProbe} whose GPUs and per-process memory the
+      test sets.
+    - L{inlineThread}: a C{deferToThread} stand-in that runs the call at
+      once and returns a fired L{Deferred}.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from llamaswap.interfaces import IHealthProbe, ILauncher
+from llamaswap.interfaces import IGpuProbe, IHealthProbe, ILauncher
 
 
 class FakeProcess:
@@ -275,3 +281,47 @@ class StubModelConfig:
     env: tuple[tuple[str, str], ...] = ()
     unloadTimeout: int = 10
     port: int | None = None
+
+
+@implementer(IGpuProbe)
+class FakeGpuProbe:
+    """
+    An C{IGpuProbe} with GPUs and processes the test sets.
+
+    @ivar gpus: GPU index -> C{(memoryTotal, memoryUsed)} in bytes; the
+        used figure is what the test says, whatever the processes use.
+    @ivar procs: C{(gpu, pid, memoryUsed)} of every compute process.
+    @ivar calls: C{"sample"} or C{"processes"} for every call, in order.
+    @ivar broken: when set, every call raises it.
+    """
+
+    def __init__(self, gpus: Mapping[int, tuple[int, int]] | None = None) -> None:
+        self.gpus: dict[int, tuple[int, int]] = dict(gpus or {})
+        self.procs: list[tuple[int, int, int]] = []
+        self.calls: list[str] = []
+        self.broken: Exception | None = None
+
+    def sample(self) -> list[dict[str, Any]]:
+        self.calls.append("sample")
+        if self.broken is not None:
+            raise self.broken
+        return [{"id": index, "name": f"Fake GPU {index}", "uuid": f"GPU-{index}",
+                 "memoryTotal": total, "memoryUsed": used}
+                for index, (total, used) in sorted(self.gpus.items())]
+
+    def processes(self) -> list[dict[str, Any]]:
+        self.calls.append("processes")
+        if self.broken is not None:
+            raise self.broken
+        return [{"gpu": gpu, "pid": pid, "memoryUsed": used} for gpu, pid, used in self.procs]
+
+
+def inlineThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Run C{f(*args, **kwargs)} now, as a thread would later.
+
+    @return: a L{Deferred} that has fired with its result or failure.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args, **kwargs)

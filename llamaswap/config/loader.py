@@ -28,6 +28,7 @@ from llamaswap.config.macros import (
     validateMacro,
 )
 from llamaswap.config.matrix import MatrixSetError, expandSets
+from llamaswap.config.memory import parseMemory
 from llamaswap.config.model import (
     DEFAULT_GROUP,
     Config,
@@ -326,6 +327,7 @@ class _Builder:
         hooks = self.hooks(top.section("hooks"), models, aliasOwner)
         apiKeys = self.apiKeys(top)
         peers = self.peers(top.section("peers"), macros)
+        memory = parseMemory(top.section("memory"), models)
 
         top.finish()
         return Config(
@@ -351,6 +353,7 @@ class _Builder:
             apiKeys=apiKeys,
             peers=peers,
             warnings=tuple(self.warnings),
+            memory=memory,
         )
 
     # -- top-level pieces -------------------------------------------------

@@ -301,6 +301,9 @@ class Config:
     apiKeys: Tuple[str, ...] = ()
     peers: Dict[str, PeerConfig] = attr.Factory(dict)
     warnings: Tuple[str, ...] = ()
+    #: the C{memory} section (L{llamaswap.config.memory.MemoryConfig}), or
+    #: L{None} when absent.
+    memory: Optional[Any] = None
 
     @cached_property
     def _aliasIndex(self) -> Dict[str, str]:

@@ -145,6 +145,30 @@ class NvmlProbe:
             })
         return gpus
 
+    def processes(self) -> list[dict[str, Any]]:
+        """
+        Read the GPU memory of every compute process (blocking).
+
+        @return: one dict per process and GPU: C{gpu} (the index), C{pid}
+            and C{memoryUsed} (bytes; processes whose usage NVML cannot
+            read are left out).  C{[]} when unavailable.
+        """
+        if not self.init():
+            return []
+        nvml = self._nvml
+        found = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            try:
+                running = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:
+                continue
+            for process in running:
+                used = getattr(process, "usedGpuMemory", None)
+                if isinstance(used, int) and 0 <= used < 1 << 60:
+                    found.append({"gpu": index, "pid": int(process.pid), "memoryUsed": used})
+        return found
+
     def _vramTemperature(self, handle: Any) -> float | None:
         """
         @return: the memory temperature of the GPU at C{handle} (blocking),

@@ -371,10 +371,22 @@ class Observatory(Service):
     def inflight(self) -> int:
         return self._inflight
 
+    #: Returns a local model's C{memory} field (C{needBytes}, C{source},
+    #: C{budgetLeftBytes}) or L{None}; set when the memory planner is on.
+    memoryRecord: Callable[[str], dict[str, Any] | None] | None = None
+
+    def modelsChanged(self) -> None:
+        """
+        Something shown in the model list changed (a model's memory need
+        or the budget left): publish it again.
+        """
+        self.bus.publish("modelStatus", self.modelStatus())
+
     def modelStatus(self) -> list[dict[str, Any]]:
         """
         @return: the UI's model list: local models sorted by id with their
-            state, then peer models (SPEC.md section 3.9).
+            state (and, with the memory planner, their C{memory} field),
+            then peer models (SPEC.md section 3.9).
         """
         records = []
         for modelId, model in sorted(self.config.models.items()):
@@ -390,6 +402,9 @@ class Observatory(Service):
             if model.aliases:
                 record["aliases"] = list(model.aliases)
             record.update(staticFacts(self.config, modelId))
+            memory = self.memoryRecord(modelId) if self.memoryRecord is not None else None
+            if memory is not None:
+                record["memory"] = memory
             records.append(record)
         for peerId, peer in sorted(self.config.peers.items()):
             for name in peer.models:

@@ -1,11 +1,14 @@
 """
 Swap planners: which running models must stop before a target may run.
 
-Two strategies, each an adapter from a frozen swap configuration to
+Three strategies, each an adapter from a frozen swap configuration to
 L{ISwapPlanner}:
 
     - L{GroupPlanner} for a L{GroupsConfig} (SPEC.md section 2.5);
-    - L{MatrixPlanner} for a L{MatrixConfig} (SPEC.md section 2.6).
+    - L{MatrixPlanner} for a L{MatrixConfig} (SPEC.md section 2.6);
+    - L{llamaswap.memory.planner.MemorySwapPlanner} for a
+      L{llamaswap.memory.planner.MemorySwap} (one of the two above, refined
+      by what fits in GPU memory; the router builds one per plan).
 
 Callers never name a planner class: they write C{ISwapPlanner(config.swap)}.
 The adapters are registered at the bottom of this module, the only
@@ -37,6 +40,7 @@ from llamaswap.config.model import (
     MatrixConfig,
 )
 from llamaswap.interfaces import ISwapPlanner
+from llamaswap.memory.planner import MemorySwap, MemorySwapPlanner
 
 __all__ = ["GroupPlanner", "MatrixPlanner", "MatrixDecision", "formatList"]
 
@@ -336,3 +340,4 @@ class MatrixPlanner:
 # llamaswap.router) and never register again.
 registerAdapter(GroupPlanner, GroupsConfig, ISwapPlanner)
 registerAdapter(MatrixPlanner, MatrixConfig, ISwapPlanner)
+registerAdapter(MemorySwapPlanner, MemorySwap, ISwapPlanner)
