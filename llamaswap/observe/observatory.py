@@ -38,7 +38,7 @@ from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import Metrics, MetricsResource
 from llamaswap.observe.system import SystemProbe
 from llamaswap.observe.timing import PhaseTimer
-from llamaswap.observe.tokens import ActivityLog
+from llamaswap.observe.activity import ActivityLog
 
 
 class Observatory(Service):

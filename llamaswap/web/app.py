@@ -10,8 +10,10 @@ import time
 from typing import Callable
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -21,7 +23,8 @@ from llamaswap.proxy.body import ClientBody, readClientBody
 from llamaswap.proxy.filters import applyFilters
 from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
 from llamaswap.proxy.peers import PeerDirectory, peerUnreachable, upstreamRequest
-from llamaswap.proxy.relay import RelayResource, UpstreamAgents
+from llamaswap.proxy.client import Limits
+from llamaswap.proxy.relay import RelayResource, UpstreamClients
 from llamaswap.web.auth import (
     WWW_AUTHENTICATE,
     Unauthorized,
@@ -80,6 +83,12 @@ V_ROUTES = (
     "/v/reranking",
 )
 
+_BODY_PATHS = frozenset(p.encode("ascii") for p in BODY_ROUTES)
+_V_PATHS = frozenset(p.encode("ascii") for p in V_ROUTES)
+
+# /upstream/... POST bodies up to this size are kept for their capture.
+CAPTURED_UPSTREAM_BODY = 1024 * 1024
+
 CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_DEFAULT_HEADERS = b"Content-Type, Authorization, Accept, X-Requested-With"
 
@@ -123,12 +132,13 @@ class _Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped, apiKeys) -> None:
+    def __init__(self, wrapped, apiKeys, api: "LlamaSwapAPI | None" = None) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.apiKeys = tuple(apiKeys)
+        self.api = api
 
-    def render(self, request) -> bytes:
+    def render(self, request) -> object:
         if request.method == b"OPTIONS":
             return self.preflight(request)
         if self.apiKeys and not isOpenPath(request.method, request.path):
@@ -136,6 +146,10 @@ class _Front(Resource):
                 request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
                 return renderError(request, Unauthorized())
             request.requestHeaders = stripCredentials(request.requestHeaders)
+        if self.api is not None and request.method == b"POST":
+            hot = self.api.hotRoute(request)
+            if hot is not None:
+                return self.api.renderHot(request, hot)
         return self.wrapped.render(request)
 
     def preflight(self, request) -> bytes:
@@ -175,7 +189,7 @@ class LlamaSwapAPI:
 
     @param config: the validated L{llamaswap.config.Config}.
     @param router: the L{llamaswap.router.router.RouterService}.
-    @param agents: the L{UpstreamAgents} to relay requests with.
+    @param agents: the L{UpstreamClients} to relay requests with.
     @param clock: schedules the loading-state stream's output.
     @param now: returns the current POSIX time (for C{created} fields).
     @param staticDir: the web UI's files (default: the bundled ones).
@@ -194,7 +208,7 @@ class LlamaSwapAPI:
         self,
         config,
         router,
-        agents: UpstreamAgents,
+        agents: UpstreamClients,
         clock: IReactorTime,
         now: Callable[[], float] = time.time,
         staticDir: str | None = None,
@@ -210,12 +224,70 @@ class LlamaSwapAPI:
         self.peers = PeerDirectory.fromConfig(config)
         self.observatory = observatory
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
+        self._limitsCache: dict = {}
 
     def resource(self):
         """
         @return: the L{IResource} serving this API.
         """
-        return _Front(self.app.resource(), self.config.apiKeys)
+        return _Front(self.app.resource(), self.config.apiKeys, self)
+
+    # -- hot routes: the inference POSTs, dispatched without Klein ----------
+
+    def hotRoute(self, request):
+        """
+        @return: the coroutine answering C{request} when it is a POST on an
+            inference route (the same handler as its Klein route), else
+            L{None}.
+        """
+        path = request.path
+        if path in _BODY_PATHS:
+            return self._relay(request, request.uri, path == b"/v1/chat/completions")
+        if path in _V_PATHS:
+            return self._relay(request, request.uri[len(b"/v"):])
+        return None
+
+    def renderHot(self, request, coroutine) -> object:
+        """
+        Run a hot route's coroutine as Klein would: its result (a resource
+        or bytes) rendered, an error rendered by L{anyError}, the wait for a
+        model cancelled when the client goes away.
+        """
+        d = Deferred.fromCoroutine(coroutine)
+        if not d.called:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def rendered(result: object) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = result.render(request) if hasattr(result, "render") else result
+            if body is NOT_DONE_YET:
+                return
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            if body:
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if getattr(request, "_disconnected", False) or request.finished:
+                return
+            rendered(self.anyError(request, f))
+
+        d.addCallbacks(rendered, failed).addErrback(
+            lambda f: self.log.failure("rendering {uri}", f, uri=request.uri.decode("latin-1")))
+        return NOT_DONE_YET
+
+    def _limits(self, timeouts) -> Limits:
+        if timeouts is None:
+            return Limits()
+        limits = self._limitsCache.get(timeouts)
+        if limits is None:
+            limits = self._limitsCache[timeouts] = Limits(
+                responseHeader=timeouts.responseHeader,
+                idle=getattr(timeouts, "responseIdle", 0))
+        return limits
 
     # -- errors -----------------------------------------------------------
 
@@ -265,7 +337,7 @@ class LlamaSwapAPI:
             await loading.done()
         model = self.config.models[lease.modelId]
         return self._toLocal(request, lease, upstreamPath, self._payload(request, body, model),
-                             headersSent=loading is not None, metered=body)
+                             headersSent=loading is not None, metered=True, rawBody=body.raw)
 
     def _payload(self, request, body: ClientBody, model):
         """
@@ -281,25 +353,26 @@ class LlamaSwapAPI:
         return body.raw
 
     def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False,
-                 metered: ClientBody | None = None):
+                 metered: bool = True, rawBody: bytes | None = None):
         """
-        Relay a request holding C{lease} to its model's upstream.
+        Relay a request holding C{lease} to its model's upstream: the one
+        forward path of model routes and C{/upstream/...} alike.
 
-        @param metered: the client's body, for a model route whose token
-            metrics, activity entry, capture and phases are recorded
-            (SPEC.md: POST requests only); L{None} for passthrough.
+        @param metered: record token metrics, activity entry, capture and
+            phases (POST requests only, as in SPEC.md).
+        @param rawBody: the client's body as received, for the capture.
         """
         try:
             model = self.config.models[lease.modelId]
             url = lease.baseURL.rstrip("/").encode("utf-8") + upstreamPath
-            agent = self.agents.agentFor(lease.modelId, model.concurrencyLimit)
+            client = self.agents.clientFor(lease.modelId, url, model.concurrencyLimit)
             meter = None
-            if metered is not None and self.observatory is not None and request.method == b"POST":
+            if metered and self.observatory is not None and request.method == b"POST":
                 path = request.path.decode("utf-8", "replace")
                 meter = self.observatory.meter(
-                    lease.modelId, path, path, request.requestHeaders, metered.raw, lease)
+                    lease.modelId, path, path, request.requestHeaders, rawBody, lease)
             return RelayResource(
-                agent,
+                client,
                 url,
                 request.method,
                 request.requestHeaders,
@@ -309,6 +382,7 @@ class LlamaSwapAPI:
                 modelId=lease.modelId,
                 headersSent=headersSent,
                 meter=meter,
+                limits=self._limits(model.timeouts),
             )
         except BaseException:
             lease.release()
@@ -326,7 +400,7 @@ class LlamaSwapAPI:
             writeError(req, peerUnreachable(reason.removeprefix("upstream unreachable: ")))
 
         return RelayResource(
-            self.agents.agentFor("peer:" + peer.id),
+            self.agents.clientFor("peer:" + peer.id, url),
             url,
             request.method,
             headers,
@@ -334,6 +408,7 @@ class LlamaSwapAPI:
             onDone=lambda status, failure: None,
             writeError=unreachable,
             modelId=f"{peer.id}: {body.model}",
+            limits=self._limits(getattr(peer, "timeouts", None)),
         )
 
     for _path in BODY_ROUTES:
@@ -388,7 +463,11 @@ class LlamaSwapAPI:
         lease = await self.router.acquire(modelId, limited=False)
         length = _contentLength(request)
         payload = SplicedFileProducer(request.content, length, clock=self.clock) if length else None
-        return self._toLocal(request, lease, upstreamPath, payload)
+        raw = None
+        if 0 < length <= CAPTURED_UPSTREAM_BODY and request.method == b"POST":
+            raw = request.content.read()
+            request.content.seek(0)
+        return self._toLocal(request, lease, upstreamPath, payload, rawBody=raw)
 
     # -- models and operations --------------------------------------------
 
