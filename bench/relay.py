@@ -232,7 +232,7 @@ async def main(args) -> None:
     upstream = freePort()
     config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     config.write(
-        "logLevel: warn\n"
+
         "models:\n"
         "  bench:\n"
         f"    cmd: {shlex.quote(sys.executable)} {shlex.quote(os.path.join(ROOT, 'bench', 'support.py'))}"

@@ -295,7 +295,7 @@ class CaptureRecorder:
     """
 
     def __init__(self, store: CaptureStore, reqPath: str, reqHeaders: Any = None,
-                 reqBody: bytes | None = None, level: int = 6) -> None:
+                 reqBody: bytes | None = None, level: int = 1) -> None:
         """
         @param store: where L{commit} stores the capture.
         @param reqPath: the request path (it picks the fields).

@@ -31,6 +31,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -38,6 +39,8 @@ from zope.interface import implementer
 from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
 
 HeaderPairs = Sequence[tuple[bytes, bytes]]
+
+_log = Logger(namespace="llamaswap.proxy.client")
 
 _NO_BODY = frozenset({204, 304})
 
@@ -589,7 +592,8 @@ class UpstreamPool:
                 exchange.sink.responseEnded(Failure(ResponseFailed(
                     f"cannot connect: {f.getErrorMessage()}", beforeResponse=True)))
 
-        d.addCallbacks(connected, failed)
+        d.addCallbacks(connected, failed).addErrback(
+            lambda f: _log.failure("relaying to {host}:{port}", f, host=self.host, port=self.port))
 
     def _retry(self, exchange: _Exchange, why: str) -> None:
         self._dispatch(exchange)
