@@ -341,6 +341,8 @@ class _Response(asyncio.Protocol):
         self.body: list[bytes] = []
         self.received = 0
         self.tail = b""
+        self.pending = b""
+        self.left = -1
         self.events = 0
         self.keep = keep
         self.start = time.perf_counter()
@@ -373,17 +375,53 @@ class _Response(asyncio.Protocol):
             self.first = time.perf_counter() - self.start
         self.received += len(data)
         if self.chunked:
-            joined = self.tail + data
-            self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
-            self.tail = joined[-7:]
             if self.keep:
                 self.body.append(data)
-            if self.tail.endswith(b"\r\n0\r\n\r\n") or self.tail == b"0\r\n\r\n":
+            if self._unchunk(data):
                 self._done()
         else:
             self.body.append(data)
             if self.received >= self.length:
                 self._done()
+
+    def _unchunk(self, data: bytes) -> bool:
+        """
+        Count the SSE events of the next bytes of a chunked body (framing
+        removed: a proxy may split an event across chunks).
+
+        @return: whether the body ended.
+        """
+        data = self.pending + data
+        self.pending = b""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self.left > 0:
+                end = min(size, pos + self.left)
+                piece = data[pos:end]
+                joined = self.tail + piece
+                self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
+                self.tail = joined[-5:]
+                self.left -= end - pos
+                pos = end
+                if self.left == 0:
+                    self.left = -2
+            elif self.left == -2:
+                if size - pos < 2:
+                    self.pending = data[pos:]
+                    return False
+                pos += 2
+                self.left = -1
+            else:
+                newline = data.find(b"\r\n", pos)
+                if newline < 0:
+                    self.pending = data[pos:]
+                    return False
+                n = int(data[pos:newline].split(b";")[0], 16)
+                pos = newline + 2
+                if n == 0:
+                    return True
+                self.left = n
+        return False
 
     def _done(self) -> None:
         waiter, self.waiter = self.waiter, None

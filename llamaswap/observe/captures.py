@@ -78,14 +78,23 @@ def captureFields(path: str) -> int:
     return PATH_FIELDS.get(path, CAPTURE_ALL)
 
 
+_CANONICAL: dict[str | bytes, str] = {}
+
+
 def canonicalName(name: str | bytes) -> str:
     """
     @return: C{name} as Go's C{CanonicalMIMEHeaderKey} writes it
-        (C{content-type} -> C{Content-Type}).
+        (C{content-type} -> C{Content-Type}).  Known names are remembered
+        (up to a few thousand).
     """
-    if isinstance(name, bytes):
-        name = name.decode("latin-1")
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+    found = _CANONICAL.get(name)
+    if found is not None:
+        return found
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    found = "-".join(part[:1].upper() + part[1:].lower() for part in text.split("-"))
+    if len(_CANONICAL) < 4096:
+        _CANONICAL[name] = found
+    return found
 
 
 def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:

@@ -44,6 +44,9 @@ _log = Logger(namespace="llamaswap.proxy.client")
 
 _NO_BODY = frozenset({204, 304})
 
+#: Bytes read from an upstream socket at a time (Twisted's default: 64 KiB).
+READ_SIZE = 16384
+
 
 class Limits:
     """
@@ -165,7 +168,9 @@ class _Connection(Protocol):
         self.headersDone = False
         self.bodyMode = 0  # 0 length, 1 chunked, 2 until close
         self.remaining = 0
-        self.chunkLeft = -1  # -1: at a chunk-size line; -2: at the trailer
+        # >0: chunk bytes left; -1: at a chunk-size line; -2: in the trailer;
+        # -3: at the CRLF after chunk data; -4: the body ended
+        self.chunkLeft = -1
         self.received = False
 
     def send(self, exchange: _Exchange) -> None:
@@ -343,6 +348,21 @@ class _Connection(Protocol):
             self._deliver(data)
 
     def _chunked(self, data: bytes) -> None:
+        """
+        Remove the chunked framing of C{data}; the payload of every chunk
+        this read holds is delivered at once (one write to the client, one
+        meter step, not one per chunk).
+        """
+        pieces: list[bytes] = []
+        try:
+            self._unchunk(data, pieces)
+        finally:
+            if pieces and self.exchange is not None:
+                self._deliver(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if self.chunkLeft == -4:
+            self._finish()
+
+    def _unchunk(self, data: bytes, pieces: list[bytes]) -> None:
         if self.buffer:
             data, self.buffer = self.buffer + data, b""
         pos = 0
@@ -353,7 +373,7 @@ class _Connection(Protocol):
             if left > 0:
                 end = min(size, pos + left)
                 self.chunkLeft = left - (end - pos)
-                self._deliver(data[pos:end])
+                pieces.append(data[pos:end])
                 pos = end
                 if self.chunkLeft == 0:
                     self.chunkLeft = -3  # the CRLF after the data
@@ -376,7 +396,7 @@ class _Connection(Protocol):
                     if not line:
                         if pos < size:
                             self.reusable = False
-                        self._finish()
+                        self.chunkLeft = -4  # the end: finished after delivery
                         return
                     continue  # a trailer field: ignored
                 try:
@@ -578,6 +598,11 @@ class UpstreamPool:
                 connection.abort()
                 return
             transport = connection.transport
+            if READ_SIZE:
+                # Smaller reads from each upstream: one busy stream cannot
+                # hold the reactor for long, so a new stream's first chunk
+                # is not kept waiting behind 64 KiB of every other one.
+                transport.bufferSize = READ_SIZE
             setNoDelay = getattr(transport, "setTcpNoDelay", None)
             if setNoDelay is not None:
                 try:
