@@ -140,7 +140,7 @@ class Proxy:
                 conn.transport.close()
                 if status == 200:
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             if self.process.poll() is not None:
                 break

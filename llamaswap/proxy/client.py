@@ -43,6 +43,7 @@ HeaderPairs = Sequence[tuple[bytes, bytes]]
 _log = Logger(namespace="llamaswap.proxy.client")
 
 _NO_BODY = frozenset({204, 304})
+_CONNECTION_DONE = Failure(ConnectionDone())
 
 #: Bytes read from an upstream socket at a time (Twisted's default: 64 KiB).
 READ_SIZE = 16384
@@ -87,7 +88,7 @@ class _Exchange:
     __slots__ = ("pool", "method", "head", "body", "sink", "limits", "connection",
                  "retried", "cancelled", "connecting", "sentAt")
 
-    def __init__(self, pool: "UpstreamPool", method: bytes, head: bytes, body: Any, sink,
+    def __init__(self, pool: UpstreamPool, method: bytes, head: bytes, body: Any, sink,
                  limits: Limits) -> None:
         self.pool = pool
         self.method = method
@@ -131,7 +132,7 @@ class _Connection(Protocol):
     client pauses the upstream socket.
     """
 
-    def __init__(self, pool: "UpstreamPool") -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.clock: IReactorTime = pool.reactor
         self.exchange: _Exchange | None = None
@@ -314,6 +315,7 @@ class _Connection(Protocol):
         self.status = status
         self.headersDone = True
         exchange = self.exchange
+        assert exchange is not None
         if exchange.method == b"HEAD" or status in _NO_BODY:
             self.bodyMode, self.remaining = 0, 0
         elif chunked:
@@ -412,7 +414,9 @@ class _Connection(Protocol):
         self.abort()
 
     def _deliver(self, data: bytes) -> None:
-        self.exchange.sink.bodyData(data)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.sink.bodyData(data)
 
     def _finish(self) -> None:
         exchange = self.exchange
@@ -441,7 +445,7 @@ class _Connection(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.reusable = False
         self.pool._lost(self)
         exchange = self.exchange
@@ -495,7 +499,7 @@ class _BodyConsumer:
 class _ConnectionFactory(Factory):
     noisy = False
 
-    def __init__(self, pool: "UpstreamPool") -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 
     def buildProtocol(self, addr) -> _Connection:

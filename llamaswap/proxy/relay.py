@@ -207,7 +207,7 @@ class AgentClient:
         self.agent = agent
 
     def request(self, method: bytes, url: bytes, headers, body: Any, sink,
-                limits: Limits = NO_LIMITS) -> "_AgentExchange":
+                limits: Limits = NO_LIMITS) -> _AgentExchange:
         return _AgentExchange(self.agent, method, url, headers, body, sink)
 
 
@@ -285,7 +285,7 @@ class _Relay:
 
     log = Logger(namespace="llamaswap.proxy.relay")
 
-    def __init__(self, resource: "RelayResource", request) -> None:
+    def __init__(self, resource: RelayResource, request) -> None:
         self.resource = resource
         self.request = request
         self.meter = resource.meter

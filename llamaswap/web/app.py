@@ -18,13 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from llamaswap._version import __version__
-from llamaswap.errors import BadRequest, LlamaSwapError, UnknownModel, UpstreamUnreachable
-from llamaswap.proxy.body import ClientBody, readClientBody
-from llamaswap.proxy.filters import applyFilters
-from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
-from llamaswap.proxy.peers import PeerDirectory, peerUnreachable, upstreamRequest
-from llamaswap.proxy.client import Limits
-from llamaswap.proxy.relay import RelayResource, UpstreamClients
+from llamaswap.errors import BadRequest, LlamaSwapError, UnknownModel
+from llamaswap.proxy.body import readClientBody
+from llamaswap.proxy.forward import Forwarder
+from llamaswap.proxy.peers import PeerDirectory
+from llamaswap.proxy.relay import UpstreamClients
 from llamaswap.web.auth import (
     WWW_AUTHENTICATE,
     Unauthorized,
@@ -86,9 +84,6 @@ V_ROUTES = (
 _BODY_PATHS = frozenset(p.encode("ascii") for p in BODY_ROUTES)
 _V_PATHS = frozenset(p.encode("ascii") for p in V_ROUTES)
 
-# /upstream/... POST bodies up to this size are kept for their capture.
-CAPTURED_UPSTREAM_BODY = 1024 * 1024
-
 CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_DEFAULT_HEADERS = b"Content-Type, Authorization, Accept, X-Requested-With"
 
@@ -103,19 +98,6 @@ def _text(request, text: str, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return text.encode("utf-8")
-
-
-def _contentLength(request) -> int:
-    """
-    @return: the length of the body twisted.web received for C{request}.
-    """
-    content = request.content
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    length = content.tell()
-    content.seek(0)
-    return length
 
 
 def _isToken(name: str) -> bool:
@@ -224,7 +206,8 @@ class LlamaSwapAPI:
         self.peers = PeerDirectory.fromConfig(config)
         self.observatory = observatory
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
-        self._limitsCache: dict = {}
+        self.forwarder = Forwarder(agents, clock, observatory,
+                                   lambda req, error: writeError(req, toError(error)))
 
     def resource(self):
         """
@@ -265,7 +248,7 @@ class LlamaSwapAPI:
                 return
             if isinstance(body, str):
                 body = body.encode("utf-8")
-            if body:
+            if isinstance(body, bytes) and body:
                 request.setHeader(b"content-length", b"%d" % len(body))
                 request.write(body)
             request.finish()
@@ -279,15 +262,6 @@ class LlamaSwapAPI:
             lambda f: self.log.failure("rendering {uri}", f, uri=request.uri.decode("latin-1")))
         return NOT_DONE_YET
 
-    def _limits(self, timeouts) -> Limits:
-        if timeouts is None:
-            return Limits()
-        limits = self._limitsCache.get(timeouts)
-        if limits is None:
-            limits = self._limitsCache[timeouts] = Limits(
-                responseHeader=timeouts.responseHeader,
-                idle=getattr(timeouts, "responseIdle", 0))
-        return limits
 
     # -- errors -----------------------------------------------------------
 
@@ -312,7 +286,7 @@ class LlamaSwapAPI:
             peer = self.peers.peerFor(body.model)
             if peer is None:
                 raise UnknownModel("no router for requested model")
-            return self._toPeer(request, peer, upstreamPath, body)
+            return self.forwarder.toPeer(request, peer, upstreamPath, body)
         loading = None
         if (
             loadingState
@@ -335,81 +309,8 @@ class LlamaSwapAPI:
             return _Appended(renderError(request, error))
         if loading is not None:
             await loading.done()
-        model = self.config.models[lease.modelId]
-        return self._toLocal(request, lease, upstreamPath, self._payload(request, body, model),
-                             headersSent=loading is not None, metered=True, rawBody=body.raw)
-
-    def _payload(self, request, body: ClientBody, model):
-        """
-        @return: the body to send upstream for C{model}: the JSON body with
-            the model's filters applied (the same bytes when none apply),
-            a producer streaming a multipart form (its C{model} field
-            rewritten for C{useModelName}), or L{None}.
-        """
-        if body.form is not None:
-            return bodyProducer(request.content, body.form, model.useModelName, self.clock)
-        if body.raw is not None and body.isJSON:
-            return applyFilters(body.raw, model.filters, body.model, model.useModelName) or body.raw
-        return body.raw
-
-    def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False,
-                 metered: bool = True, rawBody: bytes | None = None):
-        """
-        Relay a request holding C{lease} to its model's upstream: the one
-        forward path of model routes and C{/upstream/...} alike.
-
-        @param metered: record token metrics, activity entry, capture and
-            phases (POST requests only, as in SPEC.md).
-        @param rawBody: the client's body as received, for the capture.
-        """
-        try:
-            model = self.config.models[lease.modelId]
-            url = lease.baseURL.rstrip("/").encode("utf-8") + upstreamPath
-            client = self.agents.clientFor(lease.modelId, url, model.concurrencyLimit)
-            meter = None
-            if metered and self.observatory is not None and request.method == b"POST":
-                path = request.path.decode("utf-8", "replace")
-                meter = self.observatory.meter(
-                    lease.modelId, path, path, request.requestHeaders, rawBody, lease)
-            return RelayResource(
-                client,
-                url,
-                request.method,
-                request.requestHeaders,
-                payload,
-                onDone=lambda status, failure: lease.release(),
-                writeError=lambda req, error: writeError(req, toError(error)),
-                modelId=lease.modelId,
-                headersSent=headersSent,
-                meter=meter,
-                limits=self._limits(model.timeouts),
-            )
-        except BaseException:
-            lease.release()
-            raise
-
-    def _toPeer(self, request, peer, upstreamPath: bytes, body: ClientBody) -> RelayResource:
-        raw = body.raw if body.form is None else None
-        url, headers, payload = upstreamRequest(
-            peer, upstreamPath, request.requestHeaders, raw, body.model)
-        if body.form is not None:
-            payload = bodyProducer(request.content, body.form, "", self.clock)
-
-        def unreachable(req, error: Exception) -> None:
-            reason = error.message if isinstance(error, UpstreamUnreachable) else str(error)
-            writeError(req, peerUnreachable(reason.removeprefix("upstream unreachable: ")))
-
-        return RelayResource(
-            self.agents.clientFor("peer:" + peer.id, url),
-            url,
-            request.method,
-            headers,
-            payload,
-            onDone=lambda status, failure: None,
-            writeError=unreachable,
-            modelId=f"{peer.id}: {body.model}",
-            limits=self._limits(getattr(peer, "timeouts", None)),
-        )
+        return self.forwarder.toModel(request, lease, self.config.models[lease.modelId],
+                                      upstreamPath, body, headersSent=loading is not None)
 
     for _path in BODY_ROUTES:
 
@@ -461,13 +362,8 @@ class LlamaSwapAPI:
         query = request.uri.partition(b"?")[2]
         upstreamPath = restPathBytes(restPath) + (b"?" + query if query else b"")
         lease = await self.router.acquire(modelId, limited=False)
-        length = _contentLength(request)
-        payload = SplicedFileProducer(request.content, length, clock=self.clock) if length else None
-        raw = None
-        if 0 < length <= CAPTURED_UPSTREAM_BODY and request.method == b"POST":
-            raw = request.content.read()
-            request.content.seek(0)
-        return self._toLocal(request, lease, upstreamPath, payload, rawBody=raw)
+        return self.forwarder.toModel(request, lease, self.config.models[lease.modelId],
+                                      upstreamPath)
 
     # -- models and operations --------------------------------------------
 
