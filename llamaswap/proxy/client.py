@@ -185,6 +185,7 @@ class _Connection(Protocol):
         self._arm()
         if body is None or isinstance(body, bytes):
             transport.write(exchange.head + body if body else exchange.head)
+            flushNow(transport)
             return
         transport.write(exchange.head)
         consumer = _BodyConsumer(transport, chunked=body.length is UNKNOWN_LENGTH)
@@ -469,6 +470,21 @@ class _Connection(Protocol):
         what = "before answering" if before else "mid-response"
         self._fail(ResponseFailed(f"upstream closed the connection {what}:"
                                   f" {reason.getErrorMessage()}", beforeResponse=before))
+
+
+def flushNow(transport) -> None:
+    """
+    Send what C{transport} buffered now rather than when the reactor next
+    polls: under load one reactor iteration relays many streams, and the
+    first bytes of an exchange (its request, its response head, its first
+    chunk) should not wait a whole iteration at each hop.  A failure is
+    left for the reactor to find (the data stays buffered, the socket
+    stays registered for writing).
+    """
+    doWrite = getattr(transport, "doWrite", None)
+    if doWrite is not None and getattr(transport, "connected", False) and \
+            not getattr(transport, "disconnecting", False):
+        doWrite()
 
 
 class _BodyConsumer:

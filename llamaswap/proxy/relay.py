@@ -33,7 +33,7 @@ from zope.interface import implementer
 from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
 from llamaswap.interfaces import IResponseSink
 from llamaswap.observe.usage import filterAcceptEncoding
-from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, flushNow
 
 HOP_BY_HOP = frozenset(
     {
@@ -293,6 +293,7 @@ class _Relay:
         self.gone = False
         self.ended = False
         self.registered = False
+        self.first = False
         self.exchange: Any = None
 
     # -- IResponseSink ---------------------------------------------------
@@ -315,6 +316,7 @@ class _Relay:
                     stream = True
             if stream:
                 out.setRawHeaders(b"x-accel-buffering", [b"no"])
+            self.first = stream
             if meter is not None:
                 out.setRawHeaders(b"server-timing", [meter.timer.serverTimingHeader()])
         producer = getattr(self.exchange, "connection", None)
@@ -327,6 +329,10 @@ class _Relay:
             # The status and headers go out now, not with the first body
             # byte: an upstream that answers and then thinks is visible.
             request.write(b"")
+            if self.first:
+                # A stream's head and first event leave at once (a small
+                # JSON answer leaves whole, at the reactor's next write).
+                self._flush()
 
     def bodyData(self, data: bytes) -> None:
         meter = self.meter
@@ -334,6 +340,15 @@ class _Relay:
             meter.data(data)
         if not self.gone:
             self.request.write(data)
+            if self.first:
+                self.first = False
+                self._flush()
+
+    def _flush(self) -> None:
+        channel = getattr(self.request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if transport is not None:
+            flushNow(transport)
 
     def responseEnded(self, reason: Failure | None) -> None:
         if self.registered and not self.gone:
