@@ -181,3 +181,48 @@ class ClientTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         getattr(protocol, "_wrappedProtocol", protocol).connectionLost()
         self.assertEqual(sink.ended, [])
+
+
+class RelayOverClientTests(SynchronousTestCase):
+    """
+    L{RelayResource} over an L{UpstreamPool}: the upstream connection is
+    the client request's push producer.
+    """
+
+    def test_slowClientPausesTheUpstreamSocket(self) -> None:
+        from twisted.web.http_headers import Headers
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from llamaswap.proxy.relay import RelayResource
+
+        class PushRequest(DummyRequest):
+            producer = None
+
+            def registerProducer(self, producer, streaming):
+                self.producer = producer
+
+            def unregisterProducer(self):
+                self.producer = None
+
+        reactor = MemoryReactorClock()
+        pool = UpstreamPool(reactor, "127.0.0.1", 5800)
+        request = PushRequest([b"v1"])
+        request.method = b"POST"
+        ended = []
+        RelayResource(pool, b"http://127.0.0.1:5800/v1/chat/completions", b"POST", Headers(),
+                      b"{}", onDone=lambda s, f: ended.append(s),
+                      writeError=lambda req, error: None).render(request)
+        protocol = reactor.tcpClients[-1][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                              b"transfer-encoding: chunked\r\n\r\n9\r\ndata: a\n\n\r\n")
+        self.assertEqual(b"".join(request.written), b"data: a\n\n")
+        request.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        request.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        protocol.dataReceived(b"0\r\n\r\n")
+        self.assertIsNone(request.producer)
+        self.assertEqual(ended, [200])
+        self.assertEqual(request.finished, 1)
