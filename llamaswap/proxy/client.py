@@ -142,6 +142,7 @@ class _Connection(Protocol):
         self._timer = None
         self._last = 0.0
         self.onLost: Deferred[None] | None = None
+        self.sending: Any = None
         self._reset()
 
     # -- producer (the client's request pauses and resumes us) -------------
@@ -190,17 +191,21 @@ class _Connection(Protocol):
         transport.write(exchange.head)
         consumer = _BodyConsumer(transport, chunked=body.length is UNKNOWN_LENGTH)
         transport.registerProducer(body, True)
+        self.sending = body
 
         def sent(_: object) -> None:
+            self.sending = None
             transport.unregisterProducer()
             if consumer.chunked:
                 transport.write(b"0\r\n\r\n")
 
         def failed(f: Failure) -> None:
+            self.sending = None
             transport.unregisterProducer()
             if self.exchange is exchange:
                 self._fail(f.value if isinstance(f.value, Exception) else
                            UpstreamUnreachable(f.getErrorMessage()))
+                self.abort()
 
         body.startProducing(consumer).addCallbacks(sent, failed)
 
@@ -423,6 +428,12 @@ class _Connection(Protocol):
         exchange = self.exchange
         self.exchange = None
         self._disarm()
+        if self.sending is not None:
+            # Answered before the whole body went up: the connection is
+            # mid-request, not reusable.
+            self.reusable = False
+            producer, self.sending = self.sending, None
+            producer.stopProducing()
         if exchange is not None:
             exchange.connection = None
             if self.paused:
