@@ -652,6 +652,8 @@ class UpstreamPool:
             lambda f: _log.failure("relaying to {host}:{port}", f, host=self.host, port=self.port))
 
     def _retry(self, exchange: _Exchange, why: str) -> None:
+        _log.info("{host}:{port}: retrying on a fresh connection: {why}",
+                  host=self.host, port=self.port, why=why)
         self._dispatch(exchange)
 
     def _release(self, connection: _Connection) -> None:

@@ -358,6 +358,7 @@ class _Relay:
             if not self.gone:
                 self.gone = True
                 self.request.finish()
+                self._flush()  # the answer's last bytes leave now
             self._end(self.status, None)
             return
         self._failed(reason)
