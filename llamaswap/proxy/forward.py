@@ -88,8 +88,11 @@ class Forwarder:
             meter = None
             if self.observatory is not None and request.method == b"POST":
                 path = request.path.decode("utf-8", "replace")
+                # Prometheus labels stay few: every passthrough path is one
+                # route, "/upstream" (the activity entry keeps the path).
+                route = path if body is not None else "/upstream"
                 meter = self.observatory.meter(
-                    lease.modelId, path, path, request.requestHeaders, raw, lease)
+                    lease.modelId, path, route, request.requestHeaders, raw, lease)
             return RelayResource(
                 self.clients.clientFor(lease.modelId, url, model.concurrencyLimit),
                 url,

@@ -70,6 +70,10 @@ class ObserveTests(TestCase):
         self.assertEqual(entry["resp_status_code"], 200)
         self.assertGreater(entry["tokens"]["output_tokens"], 0)
         self.assertTrue(entry["has_capture"])
+        response = await self.daemon.http.get(self.daemon.base + "/metrics")
+        text = (await response.content()).decode()
+        self.assertIn('route="/upstream"', text)
+        self.assertNotIn('route="/upstream/obs', text)
 
     @asyncTest
     async def test_abortedStreamIsLoggedAndMetered(self) -> None:
