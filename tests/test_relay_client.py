@@ -74,6 +74,11 @@ class ClientTests(SynchronousTestCase):
             b"POST /v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:5800\r\nX-A: 1\r\n"
             b"Content-Length: 2\r\n\r\n{}")
 
+    def test_ipv6HostHeader(self) -> None:
+        pool = UpstreamPool(self.reactor, "::1", 8080)
+        self.assertEqual(pool.hostHeader, b"[::1]:8080")
+        self.assertEqual(pool.base, b"http://[::1]:8080")
+
     def test_streamedBodyOfUnknownLengthIsChunked(self) -> None:
         _, transport = self.send(body=UnknownLengthBody(b"abc"))
         head, _, body = transport.value().partition(b"\r\n\r\n")

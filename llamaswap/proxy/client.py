@@ -564,8 +564,9 @@ class UpstreamPool:
         self.port = port
         self.scheme = scheme
         self.maxIdle = maxIdle
-        self.hostHeader = (host if port == (443 if scheme == b"https" else 80)
-                           else f"{host}:{port}").encode("idna")
+        named = f"[{host}]" if ":" in host else host
+        self.hostHeader = (named if port == (443 if scheme == b"https" else 80)
+                           else f"{named}:{port}").encode("idna")
         self.base = scheme + b"://" + self.hostHeader
         self._endpoint = _endpoint(reactor, scheme, host, port, connectTimeout)
         self._factory = _ConnectionFactory(self)
