@@ -342,7 +342,10 @@ class CaptureRecorder:
         if self.active and self.fields & RESP_HEADERS:
             self._respHeaders = headerMap(headers, drop=("content-encoding",))
         if self.active and self.fields & RESP_BODY:
-            self._resp = zlib.compressobj(self._level)
+            # A 16 KiB window and a small hash table: zlib's defaults
+            # allocate (and free) a quarter MiB per exchange, ten times
+            # the cost of compressing a small answer.
+            self._resp = zlib.compressobj(self._level, zlib.DEFLATED, 14, 7)
 
     def data(self, chunk: bytes) -> None:
         """
