@@ -176,8 +176,26 @@ class _Stored:
                 + len(self.respBody or b""))
 
 
+def _compressor(level: int = 1):
+    """
+    @return: a zlib compressor with a 16 KiB window and a small hash
+        table: zlib's defaults allocate (and free) a quarter MiB each time,
+        ten times the cost of compressing a small body.  L{zlib.decompress}
+        reads its output as usual.
+    """
+    return zlib.compressobj(level, zlib.DEFLATED, 14, 7)
+
+
+def compress(data: bytes, level: int = 1) -> bytes:
+    """
+    @return: C{data} compressed (see L{_compressor}).
+    """
+    c = _compressor(level)
+    return c.compress(data) + c.flush()
+
+
 def _meta(reqPath: str, reqHeaders: dict | None, respHeaders: dict | None) -> bytes:
-    return zlib.compress(json.dumps(
+    return compress(json.dumps(
         {"p": reqPath, "q": reqHeaders, "r": respHeaders},
         separators=(",", ":")).encode("utf-8"))
 
@@ -225,8 +243,8 @@ class CaptureStore:
             return False
         stored = _Stored(
             _meta(capture.reqPath, capture.reqHeaders, capture.respHeaders),
-            None if capture.reqBody is None else zlib.compress(capture.reqBody),
-            None if capture.respBody is None else zlib.compress(capture.respBody))
+            None if capture.reqBody is None else compress(capture.reqBody),
+            None if capture.respBody is None else compress(capture.respBody))
         return self._put(capture.id, stored)
 
     def _put(self, captureId: int, stored: _Stored) -> bool:
@@ -328,7 +346,7 @@ class CaptureRecorder:
         self._respParts: list[bytes] = []
         self._size = 0
         if self.active and self.fields & REQ_BODY:
-            self._reqBody = zlib.compress(reqBody or b"", level)
+            self._reqBody = compress(reqBody or b"", level)
             self._grow(len(self._reqBody))
 
     def response(self, status: int, headers: Any = None) -> None:
@@ -342,10 +360,7 @@ class CaptureRecorder:
         if self.active and self.fields & RESP_HEADERS:
             self._respHeaders = headerMap(headers, drop=("content-encoding",))
         if self.active and self.fields & RESP_BODY:
-            # A 16 KiB window and a small hash table: zlib's defaults
-            # allocate (and free) a quarter MiB per exchange, ten times
-            # the cost of compressing a small answer.
-            self._resp = zlib.compressobj(self._level, zlib.DEFLATED, 14, 7)
+            self._resp = _compressor(self._level)
 
     def data(self, chunk: bytes) -> None:
         """
