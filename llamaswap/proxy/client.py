@@ -49,6 +49,15 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 READ_SIZE = 16384
 
 
+def _sweepInterval(limits: "Limits") -> float:
+    """
+    @return: how often exchanges under C{limits} are checked: a tenth of
+        the shortest limit, at most every second.
+    """
+    shortest = min(w for w in (limits.idle, limits.responseHeader) if w)
+    return min(1.0, shortest / 10)
+
+
 class Limits:
     """
     How long an exchange may wait on its upstream, in seconds (C{0}: no
@@ -139,7 +148,6 @@ class _Connection(Protocol):
         self.reusable = True
         self.paused = False
         self.used = 0
-        self._timer = None
         self._last = 0.0
         self.onLost: Deferred[None] | None = None
         self.sending: Any = None
@@ -213,33 +221,23 @@ class _Connection(Protocol):
 
     def _arm(self) -> None:
         exchange = self.exchange
-        if exchange is None:
-            return
-        limits = exchange.limits
-        waits = [w for w in (limits.idle, 0 if self.headersDone else limits.responseHeader) if w]
-        if waits and self._timer is None:
-            self._timer = self.clock.callLater(min(waits), self._check)
+        if exchange is not None and (exchange.limits.idle or exchange.limits.responseHeader):
+            self.pool._watch(self, exchange.limits)
 
-    def _check(self) -> None:
-        self._timer = None
+    def _check(self, now: float) -> None:
+        """
+        Called by the pool's sweep: end the exchange if its upstream is
+        past a limit.
+        """
         exchange = self.exchange
         if exchange is None:
             return
-        now = self.clock.seconds()
         limits = exchange.limits
         if not self.headersDone and limits.responseHeader and \
                 now - exchange.sentAt >= limits.responseHeader:
             self._timeout(f"no response headers after {limits.responseHeader:g}s")
-            return
-        if limits.idle and now - self._last >= limits.idle:
+        elif limits.idle and now - self._last >= limits.idle:
             self._timeout(f"upstream silent for {limits.idle:g}s")
-            return
-        waits = []
-        if limits.idle:
-            waits.append(limits.idle - (now - self._last))
-        if not self.headersDone and limits.responseHeader:
-            waits.append(limits.responseHeader - (now - exchange.sentAt))
-        self._timer = self.clock.callLater(max(min(waits), 0.001), self._check)
 
     def _timeout(self, why: str) -> None:
         self.reusable = False
@@ -247,10 +245,7 @@ class _Connection(Protocol):
         self.abort()
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self.pool._unwatch(self)
 
     # -- receiving -----------------------------------------------------------
 
@@ -331,8 +326,6 @@ class _Connection(Protocol):
         else:
             self.bodyMode = 2
             self.reusable = False
-        self._disarm()
-        self._arm()
         exchange.sink.responseStarted(status, phrase, headers)
         return self.exchange is exchange
 
@@ -572,6 +565,8 @@ class UpstreamPool:
         self._factory = _ConnectionFactory(self)
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
+        self._watched: set[_Connection] = set()
+        self._sweep: Any = None
         self.closed = False
 
     def request(self, method: bytes, url: bytes, headers: HeaderPairs, body: Any, sink,
@@ -651,6 +646,29 @@ class UpstreamPool:
 
         d.addCallbacks(connected, failed).addErrback(
             lambda f: _log.failure("relaying to {host}:{port}", f, host=self.host, port=self.port))
+
+    # -- limits: one sweep per pool, not one timer per exchange ------------
+
+    def _watch(self, connection: _Connection, limits: Limits) -> None:
+        self._watched.add(connection)
+        every = _sweepInterval(limits)
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(every, self._sweepNow)
+        elif self._sweep.getTime() > self.reactor.seconds() + every:
+            self._sweep.reset(every)
+
+    def _unwatch(self, connection: _Connection) -> None:
+        self._watched.discard(connection)
+
+    def _sweepNow(self) -> None:
+        self._sweep = None
+        now = self.reactor.seconds()
+        for connection in list(self._watched):
+            connection._check(now)
+        every = [_sweepInterval(c.exchange.limits) for c in self._watched
+                 if c.exchange is not None]
+        if every:
+            self._sweep = self.reactor.callLater(min(every), self._sweepNow)
 
     def _retry(self, exchange: _Exchange, why: str) -> None:
         _log.info("{host}:{port}: retrying on a fresh connection: {why}",
