@@ -178,12 +178,12 @@ class _Stored:
 
 def _compressor(level: int = 1):
     """
-    @return: a zlib compressor with a 16 KiB window and a small hash
+    @return: a zlib compressor with an 8 KiB window and a small hash
         table: zlib's defaults allocate (and free) a quarter MiB each time,
         ten times the cost of compressing a small body.  L{zlib.decompress}
         reads its output as usual.
     """
-    return zlib.compressobj(level, zlib.DEFLATED, 14, 7)
+    return zlib.compressobj(level, zlib.DEFLATED, 13, 6)
 
 
 def compress(data: bytes, level: int = 1) -> bytes:

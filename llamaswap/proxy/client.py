@@ -659,6 +659,10 @@ class UpstreamPool:
 
     def _unwatch(self, connection: _Connection) -> None:
         self._watched.discard(connection)
+        if self.closed and not self._watched and self._sweep is not None:
+            if self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
 
     def _sweepNow(self) -> None:
         self._sweep = None
@@ -698,6 +702,10 @@ class UpstreamPool:
         @return: a L{Deferred} that fires once the idle ones are closed.
         """
         self.closed = True
+        if self._sweep is not None and not self._watched:
+            if self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         waiting = [c for c in idle if c.transport is not None and c in self._all]
         d: Deferred[None] = Deferred()
