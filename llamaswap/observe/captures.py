@@ -186,12 +186,30 @@ def _compressor(level: int = 1):
     return zlib.compressobj(level, zlib.DEFLATED, 13, 6)
 
 
+#: Parts shorter than this are stored as they are, behind a zero byte (a
+#: zlib stream never starts with one): compressing them costs more than it
+#: saves.
+SMALL = 512
+
+
 def compress(data: bytes, level: int = 1) -> bytes:
     """
-    @return: C{data} compressed (see L{_compressor}).
+    @return: C{data} compressed (see L{_compressor}), or, when small,
+        marked as stored raw.
     """
+    if len(data) < SMALL:
+        return b"\x00" + data
     c = _compressor(level)
     return c.compress(data) + c.flush()
+
+
+def decompress(part: bytes) -> bytes:
+    """
+    @return: what L{compress} (or a L{CaptureRecorder}) stored as C{part}.
+    """
+    if part[:1] == b"\x00":
+        return part[1:]
+    return zlib.decompress(part)
 
 
 def _meta(reqPath: str, reqHeaders: dict | None, respHeaders: dict | None) -> bytes:
@@ -279,12 +297,12 @@ class CaptureStore:
         if stored is None:
             return None
         try:
-            meta = json.loads(zlib.decompress(stored.meta))
+            meta = json.loads(decompress(stored.meta))
             return Capture(
                 id=captureId, reqPath=meta["p"], reqHeaders=meta["q"],
-                reqBody=None if stored.reqBody is None else zlib.decompress(stored.reqBody),
+                reqBody=None if stored.reqBody is None else decompress(stored.reqBody),
                 respHeaders=meta["r"],
-                respBody=None if stored.respBody is None else zlib.decompress(stored.respBody))
+                respBody=None if stored.respBody is None else decompress(stored.respBody))
         except (zlib.error, ValueError, KeyError):
             _log.failure("failed to decompress capture {id}", id=captureId)
             return None
@@ -343,6 +361,9 @@ class CaptureRecorder:
         self._reqBody: bytes | None = None
         self._respHeaders: dict[str, str] | None = None
         self._resp: Any = None
+        self._respWanted = False
+        self._respRaw: list[bytes] = []
+        self._rawSize = 0
         self._respParts: list[bytes] = []
         self._size = 0
         if self.active and self.fields & REQ_BODY:
@@ -360,7 +381,8 @@ class CaptureRecorder:
         if self.active and self.fields & RESP_HEADERS:
             self._respHeaders = headerMap(headers, drop=("content-encoding",))
         if self.active and self.fields & RESP_BODY:
-            self._resp = _compressor(self._level)
+            # Kept raw while small; compressed once past SMALL bytes.
+            self._respWanted = True
 
     def data(self, chunk: bytes) -> None:
         """
@@ -369,8 +391,17 @@ class CaptureRecorder:
         if not chunk:
             return
         self.bodyBytes += len(chunk)
-        if not self.active or self._resp is None:
+        if not self.active or not self._respWanted:
             return
+        if self._resp is None:
+            self._respRaw.append(chunk)
+            self._rawSize += len(chunk)
+            self._grow(len(chunk))
+            if not self.active or self._rawSize < SMALL:
+                return
+            chunk, self._respRaw = b"".join(self._respRaw), []
+            self._size -= self._rawSize
+            self._resp = _compressor(self._level)
         out = self._resp.compress(chunk)
         if out:
             self._respParts.append(out)
@@ -390,6 +421,8 @@ class CaptureRecorder:
         if self._resp is not None:
             self._respParts.append(self._resp.flush())
             respBody = b"".join(self._respParts)
+        elif self._respWanted:
+            respBody = b"\x00" + b"".join(self._respRaw)
         meta = _meta(self.reqPath, self._reqHeaders, self._respHeaders)
         stored = _Stored(meta, self._reqBody, respBody)
         self._drop()
@@ -407,4 +440,5 @@ class CaptureRecorder:
         self.active = False
         self._resp = None
         self._respParts = []
+        self._respRaw = []
         self._reqBody = None
