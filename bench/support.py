@@ -223,3 +223,267 @@ class DirectServer(ProcessProtocol):
         self.transport.signalProcess("TERM")
         await self.ended
         return time.perf_counter() - stopping
+
+
+# -- a fast upstream and a lean load generator (asyncio, raw sockets) ------
+#
+# The relay bench must measure the proxy, not its neighbours: the upstream
+# below answers from prebuilt bytes, and the client writes prebuilt requests
+# and reads only the framing it needs.
+
+import asyncio  # noqa: E402
+import re  # noqa: E402
+
+_SMALL_JSON = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "ok"}}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}).encode()
+_MAX_TOKENS = re.compile(rb'"max_tokens"\s*:\s*(\d+)')
+
+
+def _sseChunk(payload: bytes) -> bytes:
+    event = b"data: " + payload + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+_EVENT = _sseChunk(json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench",
+    "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}],
+}).encode())
+_LAST = _sseChunk(json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench",
+    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 500, "total_tokens": 505},
+    "timings": {"prompt_n": 5, "prompt_ms": 1.0, "predicted_n": 500, "predicted_ms": 50.0},
+}).encode()) + _sseChunk(b"[DONE]") + b"0\r\n\r\n"
+
+
+class FastUpstream(asyncio.Protocol):
+    """
+    An OpenAI-ish upstream as cheap as Python allows: C{GET /health}, a
+    fixed small chat completion, and for C{"stream": true} bodies
+    C{max_tokens} SSE events, one chunk each, yielding to the loop between
+    events (as a server that flushes every token does).
+    """
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.buffer = b""
+        self.busy = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next()
+
+    def _next(self) -> None:
+        head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = 0
+        lower = head.lower()
+        at = lower.find(b"content-length:")
+        if at >= 0:
+            length = int(lower[at + 15:lower.find(b"\r\n", at) if lower.find(b"\r\n", at) > 0
+                               else None].strip())
+        if b"expect: 100-continue" in lower and len(rest) < length:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(rest) < length:
+            return
+        body, self.buffer = rest[:length], rest[length:]
+        if head.startswith(b"GET /health"):
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nOK")
+        elif b'"stream": true' in body or b'"stream":true' in body:
+            found = _MAX_TOKENS.search(body)
+            self.busy = True
+            asyncio.ensure_future(self._stream(int(found.group(1)) if found else 500))
+            return
+        else:
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(_SMALL_JSON), _SMALL_JSON))
+        if self.buffer:
+            self._next()
+
+    async def _stream(self, n: int) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+        for _ in range(n - 1):
+            if self.transport.is_closing():
+                return
+            self.transport.write(_EVENT)
+            await asyncio.sleep(0)
+        self.transport.write(_LAST)
+        self.busy = False
+        if self.buffer:
+            self._next()
+
+
+def serveFastUpstream(port: int) -> None:
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(FastUpstream, "127.0.0.1", port,
+                                                        backlog=1024))
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+class _Response(asyncio.Protocol):
+    """
+    One keep-alive client connection: C{request(raw)} sends prebuilt bytes
+    and resolves with C{(status, body bytes or None, seconds to first body
+    byte, SSE events)} once the response (Content-Length or chunked) ended.
+    Streamed bodies are counted, not kept.
+    """
+
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future | None = None
+        self.connected: asyncio.Future = asyncio.get_event_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connected.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    def request(self, raw: bytes, keep: bool = True) -> asyncio.Future:
+        self.waiter = asyncio.get_event_loop().create_future()
+        self.head = b""
+        self.status = 0
+        self.length = -1
+        self.chunked = False
+        self.body: list[bytes] = []
+        self.received = 0
+        self.tail = b""
+        self.pending = b""
+        self.left = -1
+        self.events = 0
+        self.keep = keep
+        self.start = time.perf_counter()
+        self.first = 0.0
+        self.transport.write(raw)
+        return self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        if self.status == 0:
+            self.head += data
+            head, sep, rest = self.head.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            if head.startswith(b"HTTP/1.1 100"):
+                self.head = rest
+                if rest:
+                    self.data_received(b"")
+                return
+            self.status = int(head[9:12])
+            lower = head.lower()
+            self.chunked = b"transfer-encoding: chunked" in lower
+            at = lower.find(b"content-length:")
+            if at >= 0:
+                end = lower.find(b"\r\n", at)
+                self.length = int(lower[at + 15:end if end > 0 else None])
+            data = rest
+            if not data and not (self.length == 0):
+                return
+        if data and not self.first:
+            self.first = time.perf_counter() - self.start
+        self.received += len(data)
+        if self.chunked:
+            if self.keep:
+                self.body.append(data)
+            if self._unchunk(data):
+                self._done()
+        else:
+            self.body.append(data)
+            if self.received >= self.length:
+                self._done()
+
+    def _unchunk(self, data: bytes) -> bool:
+        """
+        Count the SSE events of the next bytes of a chunked body (framing
+        removed: a proxy may split an event across chunks).
+
+        @return: whether the body ended.
+        """
+        data = self.pending + data
+        self.pending = b""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self.left > 0:
+                end = min(size, pos + self.left)
+                piece = data[pos:end]
+                joined = self.tail + piece
+                self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
+                self.tail = joined[-5:]
+                self.left -= end - pos
+                pos = end
+                if self.left == 0:
+                    self.left = -2
+            elif self.left == -2:
+                if size - pos < 2:
+                    self.pending = data[pos:]
+                    return False
+                pos += 2
+                self.left = -1
+            else:
+                newline = data.find(b"\r\n", pos)
+                if newline < 0:
+                    self.pending = data[pos:]
+                    return False
+                n = int(data[pos:newline].split(b";")[0], 16)
+                pos = newline + 2
+                if n == 0:
+                    return True
+                self.left = n
+        return False
+
+    def _done(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            body = b"".join(self.body) if self.keep or not self.chunked else None
+            waiter.set_result((self.status, body, self.first or time.perf_counter() - self.start,
+                               self.events))
+
+
+async def connect(port: int) -> _Response:
+    loop = asyncio.get_event_loop()
+    _, protocol = await loop.create_connection(_Response, "127.0.0.1", port)
+    await protocol.connected
+    return protocol
+
+
+def rawPost(path: str, body: bytes, port: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+def cpuSeconds(pid: int) -> float:
+    """
+    @return: the user + system CPU seconds process C{pid} has used.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peakRSS(pid: int) -> int:
+    """
+    @return: the peak resident set of process C{pid}, in bytes.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["upstream"]:
+        serveFastUpstream(int(sys.argv[sys.argv.index("--port") + 1]))

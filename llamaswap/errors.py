@@ -84,3 +84,13 @@ class ShuttingDown(LlamaSwapError):
 class UpstreamUnreachable(LlamaSwapError):
     code = 502
     kind = "upstream_error"
+
+
+class UpstreamTimeout(LlamaSwapError):
+    """
+    The upstream sent no response headers, or no body bytes, within the
+    model's C{timeouts}.
+    """
+
+    code = 504
+    kind = "upstream_error"

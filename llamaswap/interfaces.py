@@ -230,3 +230,27 @@ class IRouterReport(Interface):
         """
         C{modelId} became ready, C{seconds} after the swap to it began.
         """
+
+
+class IResponseSink(Interface):
+    """
+    Where L{llamaswap.proxy.client.UpstreamPool} hands an upstream's
+    response as it arrives.
+    """
+
+    def responseStarted(status: int, phrase: bytes, headers: list) -> None:
+        """
+        The status line and headers arrived: C{headers} are
+        C{(lower-case name, value)} byte pairs, in order.
+        """
+
+    def bodyData(data: bytes) -> None:
+        """
+        The next bytes of the body (transfer framing removed).
+        """
+
+    def responseEnded(reason: object) -> None:
+        """
+        The exchange is over: C{None} when the response ended whole, else a
+        L{twisted.python.failure.Failure}.
+        """

@@ -14,12 +14,11 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.logger import Logger
-from twisted.web.server import Request, Site
 
 from llamaswap.config import loadConfig
 from llamaswap.memory.wiring import MemoryWiring
 from llamaswap.observe.observatory import Observatory
-from llamaswap.proxy.relay import UpstreamAgents
+from llamaswap.proxy.relay import UpstreamClients
 from llamaswap.reload import ReloadReport
 from llamaswap.router.router import RouterService
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
@@ -28,83 +27,12 @@ from llamaswap.upstream.process import becomeSubreaper
 from llamaswap.upstream.progress import LoadProgress
 from llamaswap.web.app import LlamaSwapAPI
 from llamaswap.web.auth import StreamTokens
+from llamaswap.web.site import AccessLoggingSite
 from llamaswap.web.ui import UIResource, staticPath
 
 #: Why a reload was refused without reading a file.
 RELOAD_BUSY = "another reload is in progress"
 RELOAD_NO_FILE = "no config file to reload (the config was given in code)"
-
-
-class LlamaSwapRequest(Request):
-    """
-    A request that notes when it arrived (for the access log).
-    """
-
-    arrived: float | None = None
-
-
-class AccessLoggingSite(Site):
-    """
-    A L{Site} that logs one line per request in the reference's format,
-    C{Request <ip> "<METHOD> <path> <proto>" <status> <bytes> "<ua>" <dur>},
-    where the IP is the first C{X-Forwarded-For} entry, else C{X-Real-IP},
-    else the peer; requests for C{/wol-health}, C{/api/performance} and
-    C{/metrics} are not logged (SPEC.md section 3.11).
-    """
-
-    accessLog = Logger(namespace="llamaswap.access")
-    quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
-
-    requestFactory = LlamaSwapRequest
-
-    def __init__(self, resource, clock) -> None:
-        # Leave bodies alone: twisted.web would otherwise parse every form
-        # body into request.args (a multipart upload read whole into memory,
-        # again); llamaswap reads the bodies it needs itself.
-        super().__init__(resource, parsePOSTFormSubmission=False)
-        self.clock = clock
-        self.displayTracebacks = False
-        self.noisy = False
-
-    def getResourceFor(self, request):
-        request.arrived = self.clock.seconds()
-        return super().getResourceFor(request)
-
-    def log(self, request) -> None:  # type: ignore[override]
-        path = request.path or b""
-        if path.startswith(self.quietPrefixes):
-            return
-        forwarded = (request.getHeader(b"x-forwarded-for") or b"").split(b",")[0].strip()
-        ip = forwarded or (request.getHeader(b"x-real-ip") or b"").strip()
-        if not ip:
-            peer = request.getClientAddress()
-            ip = getattr(peer, "host", "-")
-        ip = ip.decode("latin-1") if isinstance(ip, bytes) else ip
-        started = getattr(request, "arrived", None)
-        duration = 0.0 if started is None else self.clock.seconds() - started
-        method = request.method.decode("latin-1")
-        uri = request.uri.decode("latin-1")
-        agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
-        # Formatted here once: every observer (stdout, /logs) formats the
-        # event again, and a single field costs far less than eight.
-        line = (
-            f'Request {ip} "{method} {uri} {request.clientproto.decode("latin-1")}" '
-            f'{request.code} {request.sentLength} "{agent}" {_goDuration(duration)}'
-        )
-        self.accessLog.info("{line}", line=line, ip=ip, method=method, uri=uri,
-                            status=request.code, size=request.sentLength, duration=duration)
-
-
-def _goDuration(seconds: float) -> str:
-    """
-    @return: C{seconds} written like Go's C{time.Duration}: C{812.5ms},
-        C{1.2s}, C{45µs}.
-    """
-    if seconds >= 1:
-        return f"{seconds:.3g}s"
-    if seconds >= 0.001:
-        return f"{seconds * 1e3:.4g}ms"
-    return f"{seconds * 1e6:.4g}µs"
 
 
 class _Housekeeping(Service):
@@ -116,7 +44,7 @@ class _Housekeeping(Service):
     log = Logger()
     name = "housekeeping"
 
-    def __init__(self, launcher: Launcher, agents: UpstreamAgents, probe: HealthProbe) -> None:
+    def __init__(self, launcher: Launcher, agents: UpstreamClients, probe: HealthProbe) -> None:
         self._launcher = launcher
         self._agents = agents
         self._probe = probe
@@ -304,7 +232,7 @@ class LlamaSwapService(MultiService):
         self.reactor = reactor
         self.launcher = launcher if launcher is not None else Launcher(reactor)
         self.probe = HealthProbe(reactor)
-        self.agents = UpstreamAgents(reactor)
+        self.agents = UpstreamClients(reactor)
         self.housekeeping = _Housekeeping(self.launcher, self.agents, self.probe)
         self.housekeeping.setServiceParent(self)
         self.observatory = Observatory(config, reactor, shapeOwnLog=daemon)

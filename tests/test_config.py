@@ -857,6 +857,17 @@ class ModelTests(ConfigTestCase):
             TimeoutsConfig(connect=5, keepalive=30, responseHeader=600, tlsHandshake=10, expectContinue=1, idleConn=90),
         )
 
+    def test_responseIdleTimeout(self) -> None:
+        """
+        C{timeouts.responseIdle} (llamaswap's own): 600 s unless set.
+        """
+        config = load(
+            "models:\n  m: {cmd: srv, proxy: 'http://h', timeouts: {responseIdle: 45}}\n"
+            "  n: {cmd: srv, proxy: 'http://h'}\n"
+        )
+        self.assertEqual(config.models["m"].timeouts.responseIdle, 45)
+        self.assertEqual(config.models["n"].timeouts.responseIdle, 600)
+
     def test_negativeTimeoutIsRejected(self) -> None:
         self.assertConfigError(
             "models:\n  m:\n    cmd: srv\n    proxy: http://h\n    timeouts:\n      idleConn: -1\n",

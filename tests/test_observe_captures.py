@@ -246,3 +246,25 @@ class RecorderTests(SynchronousTestCase):
         recorder.response(200, {})
         recorder.data(b"x")
         self.assertFalse(recorder.commit(0))
+
+
+class SmallPartTests(SynchronousTestCase):
+    """
+    Parts under L{SMALL} bytes are stored raw (compressing them costs more
+    than it saves); bigger ones are compressed; both read back the same.
+    """
+
+    def test_smallAndBigAnswersReadBack(self):
+        from llamaswap.observe.captures import SMALL
+
+        store = CaptureStore(1_000_000)
+        for size in (5, SMALL - 1, SMALL, 10 * SMALL):
+            answer = (b"a" * 7 + b"\n") * (size // 8) + b"b" * (size % 8)
+            recorder = CaptureRecorder(store, "/v1/chat/completions", {}, b'{"x":1}')
+            recorder.response(200, {})
+            for i in range(0, len(answer), 100):
+                recorder.data(answer[i:i + 100])
+            self.assertTrue(recorder.commit(size))
+            found = store.get(size)
+            self.assertEqual(base64.b64decode(found["resp_body"]), answer)
+            self.assertEqual(base64.b64decode(found["req_body"]), b'{"x":1}')

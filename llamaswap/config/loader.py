@@ -83,7 +83,10 @@ PROFILES_WARNING = (
 PROTECTED_PARAMS = ("model",)
 MIN_PERFORMANCE_EVERY_NS = 5_000_000_000
 VAR_KEY = re.compile(r"^[a-zA-Z0-9]{1,8}$")
-TIMEOUT_KEYS = ("connect", "keepalive", "responseHeader", "tlsHandshake", "expectContinue", "idleConn")
+TIMEOUT_KEYS = (
+    "connect", "keepalive", "responseHeader", "tlsHandshake", "expectContinue", "idleConn",
+    "responseIdle",
+)
 
 
 def loadConfig(

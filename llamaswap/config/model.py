@@ -32,6 +32,13 @@ class TimeoutsConfig:
     """
     Upstream transport timeouts, in seconds; C{0} disables one
     (C{responseHeader=0} means no limit).
+
+    @ivar responseHeader: from the request sent to the upstream's status
+        line and headers; past it the client gets a 504.
+    @ivar responseIdle: (llamaswap's own) the longest the upstream may stay
+        silent, before its headers (a 504) and between body bytes (the
+        client's connection is cut); generous by default, for slow first
+        tokens of big models.
     """
 
     connect: int = 30
@@ -40,6 +47,7 @@ class TimeoutsConfig:
     tlsHandshake: int = 10
     expectContinue: int = 1
     idleConn: int = 90
+    responseIdle: int = 600
 
 
 @attr.s(frozen=True, auto_attribs=True)

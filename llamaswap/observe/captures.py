@@ -78,14 +78,23 @@ def captureFields(path: str) -> int:
     return PATH_FIELDS.get(path, CAPTURE_ALL)
 
 
+_CANONICAL: dict[str | bytes, str] = {}
+
+
 def canonicalName(name: str | bytes) -> str:
     """
     @return: C{name} as Go's C{CanonicalMIMEHeaderKey} writes it
-        (C{content-type} -> C{Content-Type}).
+        (C{content-type} -> C{Content-Type}).  Known names are remembered
+        (up to a few thousand).
     """
-    if isinstance(name, bytes):
-        name = name.decode("latin-1")
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+    found = _CANONICAL.get(name)
+    if found is not None:
+        return found
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    found = "-".join(part[:1].upper() + part[1:].lower() for part in text.split("-"))
+    if len(_CANONICAL) < 4096:
+        _CANONICAL[name] = found
+    return found
 
 
 def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:
@@ -167,8 +176,44 @@ class _Stored:
                 + len(self.respBody or b""))
 
 
+def _compressor(level: int = 1):
+    """
+    @return: a zlib compressor with an 8 KiB window and a small hash
+        table: zlib's defaults allocate (and free) a quarter MiB each time,
+        ten times the cost of compressing a small body.  L{zlib.decompress}
+        reads its output as usual.
+    """
+    return zlib.compressobj(level, zlib.DEFLATED, 13, 6)
+
+
+#: Parts shorter than this are stored as they are, behind a zero byte (a
+#: zlib stream never starts with one): compressing them costs more than it
+#: saves.
+SMALL = 512
+
+
+def compress(data: bytes, level: int = 1) -> bytes:
+    """
+    @return: C{data} compressed (see L{_compressor}), or, when small,
+        marked as stored raw.
+    """
+    if len(data) < SMALL:
+        return b"\x00" + data
+    c = _compressor(level)
+    return c.compress(data) + c.flush()
+
+
+def decompress(part: bytes) -> bytes:
+    """
+    @return: what L{compress} (or a L{CaptureRecorder}) stored as C{part}.
+    """
+    if part[:1] == b"\x00":
+        return part[1:]
+    return zlib.decompress(part)
+
+
 def _meta(reqPath: str, reqHeaders: dict | None, respHeaders: dict | None) -> bytes:
-    return zlib.compress(json.dumps(
+    return compress(json.dumps(
         {"p": reqPath, "q": reqHeaders, "r": respHeaders},
         separators=(",", ":")).encode("utf-8"))
 
@@ -216,8 +261,8 @@ class CaptureStore:
             return False
         stored = _Stored(
             _meta(capture.reqPath, capture.reqHeaders, capture.respHeaders),
-            None if capture.reqBody is None else zlib.compress(capture.reqBody),
-            None if capture.respBody is None else zlib.compress(capture.respBody))
+            None if capture.reqBody is None else compress(capture.reqBody),
+            None if capture.respBody is None else compress(capture.respBody))
         return self._put(capture.id, stored)
 
     def _put(self, captureId: int, stored: _Stored) -> bool:
@@ -263,12 +308,12 @@ class CaptureStore:
         if stored is None:
             return None
         try:
-            meta = json.loads(zlib.decompress(stored.meta))
+            meta = json.loads(decompress(stored.meta))
             return Capture(
                 id=captureId, reqPath=meta["p"], reqHeaders=meta["q"],
-                reqBody=None if stored.reqBody is None else zlib.decompress(stored.reqBody),
+                reqBody=None if stored.reqBody is None else decompress(stored.reqBody),
                 respHeaders=meta["r"],
-                respBody=None if stored.respBody is None else zlib.decompress(stored.respBody))
+                respBody=None if stored.respBody is None else decompress(stored.respBody))
         except (zlib.error, ValueError, KeyError):
             _log.failure("failed to decompress capture {id}", id=captureId)
             return None
@@ -306,7 +351,7 @@ class CaptureRecorder:
     """
 
     def __init__(self, store: CaptureStore, reqPath: str, reqHeaders: Any = None,
-                 reqBody: bytes | None = None, level: int = 6) -> None:
+                 reqBody: bytes | None = None, level: int = 1) -> None:
         """
         @param store: where L{commit} stores the capture.
         @param reqPath: the request path (it picks the fields).
@@ -327,10 +372,13 @@ class CaptureRecorder:
         self._reqBody: bytes | None = None
         self._respHeaders: dict[str, str] | None = None
         self._resp: Any = None
+        self._respWanted = False
+        self._respRaw: list[bytes] = []
+        self._rawSize = 0
         self._respParts: list[bytes] = []
         self._size = 0
         if self.active and self.fields & REQ_BODY:
-            self._reqBody = zlib.compress(reqBody or b"", level)
+            self._reqBody = compress(reqBody or b"", level)
             self._grow(len(self._reqBody))
 
     def response(self, status: int, headers: Any = None) -> None:
@@ -344,7 +392,8 @@ class CaptureRecorder:
         if self.active and self.fields & RESP_HEADERS:
             self._respHeaders = headerMap(headers, drop=("content-encoding",))
         if self.active and self.fields & RESP_BODY:
-            self._resp = zlib.compressobj(self._level)
+            # Kept raw while small; compressed once past SMALL bytes.
+            self._respWanted = True
 
     def data(self, chunk: bytes) -> None:
         """
@@ -353,8 +402,17 @@ class CaptureRecorder:
         if not chunk:
             return
         self.bodyBytes += len(chunk)
-        if not self.active or self._resp is None:
+        if not self.active or not self._respWanted:
             return
+        if self._resp is None:
+            self._respRaw.append(chunk)
+            self._rawSize += len(chunk)
+            self._grow(len(chunk))
+            if not self.active or self._rawSize < SMALL:
+                return
+            chunk, self._respRaw = b"".join(self._respRaw), []
+            self._size -= self._rawSize
+            self._resp = _compressor(self._level)
         out = self._resp.compress(chunk)
         if out:
             self._respParts.append(out)
@@ -374,6 +432,8 @@ class CaptureRecorder:
         if self._resp is not None:
             self._respParts.append(self._resp.flush())
             respBody = b"".join(self._respParts)
+        elif self._respWanted:
+            respBody = b"\x00" + b"".join(self._respRaw)
         meta = _meta(self.reqPath, self._reqHeaders, self._respHeaders)
         stored = _Stored(meta, self._reqBody, respBody)
         self._drop()
@@ -391,4 +451,5 @@ class CaptureRecorder:
         self.active = False
         self._resp = None
         self._respParts = []
+        self._respRaw = []
         self._reqBody = None

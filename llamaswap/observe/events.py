@@ -250,7 +250,11 @@ def publishActivity(bus: EventBus, activity) -> Callable[[], None]:
 
     @return: a function that stops publishing.
     """
-    return activity.subscribe(lambda record: bus.publish("metrics", [activity.asJSON(record)]))
+    def added(record) -> None:
+        if bus._subscribers:  # no UI open: nothing to build
+            bus.publish("metrics", [activity.asJSON(record)])
+
+    return activity.subscribe(added)
 
 
 def initialBurst(logs, modelStatus: Callable[[], Any], activity,

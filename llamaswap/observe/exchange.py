@@ -23,13 +23,8 @@ from twisted.logger import Logger
 from llamaswap.observe.captures import CaptureRecorder, CaptureStore
 from llamaswap.observe.prom import Metrics
 from llamaswap.observe.timing import PhaseTimer
-from llamaswap.observe.tokens import (
-    DEFAULT_MAX_JSON_BYTES,
-    NO_TOKENS,
-    ActivityLog,
-    ActivityRecord,
-    UsageMeter,
-)
+from llamaswap.observe.activity import ActivityLog, ActivityRecord
+from llamaswap.observe.usage import DEFAULT_MAX_JSON_BYTES, NO_TOKENS, UsageMeter
 
 
 def _header(headers: Any, name: bytes) -> str:
@@ -135,15 +130,19 @@ class ExchangeMeter:
                 self._meter = None
                 self.log.failure("token metrics of {path} failed", path=self.path)
 
-    def done(self, status: int | None = None) -> ActivityRecord | None:
+    def done(self, status: int | None = None, clientClosed: bool = False) -> ActivityRecord | None:
         """
         The exchange is over (body ended, upstream failed mid-way, or
         client gone).  Idempotent.
 
         @param status: the status the client got when the upstream never
             answered (a 502, say); used for Prometheus only.
+        @param clientClosed: the client went away first: the entry (made
+            even when the upstream never answered) and the Prometheus
+            request get C{status} (499, "client closed request"), the
+            tokens seen so far, and no capture.
         @return: the new L{ActivityRecord}, or L{None} when the upstream
-            never answered.
+            never answered (and the client did not close).
         """
         if self._done:
             return self.record
@@ -151,11 +150,14 @@ class ExchangeMeter:
         self.timer.end()
         phases = self.timer.phases()
         wallMs = phases["total"] * 1000.0
+        answered = self.status
+        if clientClosed:
+            answered = status or 499
         if self.metrics is not None:
-            shown = self.status if self.status is not None else (status or "error")
+            shown = answered if answered is not None else (status or "error")
             self.metrics.requestDone(self.model, self.route, shown, phases["total"])
             self.metrics.phases(self.model, phases)
-        if self.status is None:
+        if answered is None:
             return None
         tokens = None
         if self._meter is not None:
@@ -167,9 +169,9 @@ class ExchangeMeter:
             tokens = NO_TOKENS
         if self.metrics is not None:
             self.metrics.tokens(self.model, tokens.inputTokens, tokens.outputTokens)
-        recorder = self._recorder
+        recorder = None if clientClosed else self._recorder
         self.record = self.activity.add(
-            self.model, self.path, self.contentType, self.status, tokens=tokens,
+            self.model, self.path, self.contentType, answered, tokens=tokens,
             durationMs=tokens.durationMs(wallMs), phases=phases,
             capture=recorder.commit if recorder is not None else None)
         return self.record

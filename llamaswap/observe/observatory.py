@@ -42,7 +42,43 @@ from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import Metrics, MetricsResource
 from llamaswap.observe.system import SystemProbe
 from llamaswap.observe.timing import PhaseTimer
-from llamaswap.observe.tokens import ActivityLog
+from llamaswap.observe.activity import ActivityLog
+
+
+class CoalescedFlush:
+    """
+    A file whose C{flush} is done once, C{delay} seconds after the first
+    call since the last real flush (and at reactor shutdown): lines written
+    in one burst leave in one C{write(2)}.
+    """
+
+    def __init__(self, wrapped, reactor, delay: float = 0.005) -> None:
+        self.wrapped = wrapped
+        self.reactor = reactor
+        self.delay = delay
+        self._pending = None
+        trigger = getattr(reactor, "addSystemEventTrigger", None)
+        if trigger is not None:
+            trigger("after", "shutdown", self.flushNow)
+
+    def write(self, data) -> Any:
+        return self.wrapped.write(data)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            self._pending = self.reactor.callLater(self.delay, self.flushNow)
+
+    def flushNow(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.active():
+            pending.cancel()
+        try:
+            self.wrapped.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
 
 
 #: The runtime fields of a C{modelStatus} record, and their values while
@@ -237,6 +273,12 @@ class Observatory(Service):
             return PredicateResult.no
 
         for original in list(getattr(self._publisher, "_observers", [])):
+            outFile = getattr(original, "_outFile", None)
+            if outFile is not None and not isinstance(outFile, CoalescedFlush):
+                # twistd's stdout observer flushes after every line: one
+                # write(2) per access-log line under load.  Flush at most
+                # every few milliseconds instead.
+                original._outFile = CoalescedFlush(outFile, self.reactor)
             shaped = FilteringLogObserver(original, [wanted])
             self._publisher.removeObserver(original)
             self._publisher.addObserver(shaped)

@@ -225,6 +225,8 @@ class Metrics:
             "llamaswap_phase_seconds", "Per-request phase durations.",
             ["model", "phase"], buckets=PHASE_BUCKETS, registry=r)
         self._states: dict[str, str] = {}
+        self._requestChildren: dict[tuple, tuple] = {}
+        self._children: dict[tuple, Any] = {}
         self.performance = PerformanceCollector(monitor)
         r.register(self.performance)
 
@@ -238,8 +240,14 @@ class Metrics:
         """
         A request on a model route ended with C{status} after C{seconds}.
         """
-        self._requests.labels(model, route, str(status)).inc()
-        self._requestSeconds.labels(model, route).observe(max(0.0, float(seconds)))
+        key = (model, route, status)
+        children = self._requestChildren.get(key)
+        if children is None:
+            children = self._requestChildren[key] = (
+                self._requests.labels(model, route, str(status)),
+                self._requestSeconds.labels(model, route))
+        children[0].inc()
+        children[1].observe(max(0.0, float(seconds)))
 
     def swapDone(self, model: str, seconds: float) -> None:
         """
@@ -267,9 +275,9 @@ class Metrics:
         Count a request's tokens (negative or missing counts add nothing).
         """
         if inputTokens and inputTokens > 0:
-            self._tokens.labels(model, "input").inc(inputTokens)
+            self._child(self._tokens, model, "input").inc(inputTokens)
         if outputTokens and outputTokens > 0:
-            self._tokens.labels(model, "output").inc(outputTokens)
+            self._child(self._tokens, model, "output").inc(outputTokens)
 
     def queueDepth(self, n: int) -> None:
         """
@@ -285,7 +293,18 @@ class Metrics:
         for phase in PHASES:
             value = phases.get(phase)
             if value is not None:
-                self._phases.labels(model, phase).observe(max(0.0, float(value)))
+                self._child(self._phases, model, phase).observe(max(0.0, float(value)))
+
+    def _child(self, metric, *labels: str):
+        """
+        @return: C{metric.labels(*labels)}, looked up once (a request's
+            series are the same from one request to the next).
+        """
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """

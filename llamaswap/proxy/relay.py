@@ -1,40 +1,39 @@
+# -*- test-case-name: tests.test_relay -*-
 """
 The streaming relay: one client request sent to an upstream, its answer
 streamed back chunk by chunk with backpressure.
 
-Built on L{Agent} with a persistent connection pool per upstream, a
-C{deliverBody} protocol and C{registerProducer}: a slow client pauses the
-upstream socket, a client that goes away closes it, and every chunk the
-upstream writes is written to the client as it arrives (no batching).
+The upstream side is an L{llamaswap.proxy.client.UpstreamPool} (a lean
+HTTP/1.1 client with keep-alive connections) or, for tests and odd
+transports, any L{IAgent} behind L{AgentClient}.  The upstream's status and
+headers go to the client as soon as they arrive; every body chunk is
+written as it arrives (no batching); the upstream connection is the
+request's push producer, so a slow client pauses the upstream socket and a
+client that goes away aborts the upstream request.  Per-model limits end an
+exchange whose upstream stalls: a 504 before the headers, a cut connection
+after.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    RequestNotSent,
-    ResponseDone,
-    ResponseNeverReceived,
-)
+from twisted.web.client import ResponseDone, ResponseNeverReceived, RequestNotSent
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from llamaswap.errors import UpstreamUnreachable
-from llamaswap.httpclient import quietPool
-from llamaswap.observe.tokens import filterAcceptEncoding
+from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
+from llamaswap.interfaces import IResponseSink
+from llamaswap.observe.usage import filterAcceptEncoding
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, flushNow
 
 HOP_BY_HOP = frozenset(
     {
@@ -51,9 +50,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Agent writes its own framing (Content-Length or chunked, from the body
-# producer) and adds Host only when absent: drop the client's on the way up.
-REQUEST_DROP = frozenset({b"content-length", b"host"})
+# The client writes its own framing and Host; C{Expect: 100-continue} is
+# answered by llamaswap itself (twisted.web does), never forwarded.
+REQUEST_DROP = frozenset({b"content-length", b"host", b"expect"})
+
+#: The status an exchange whose client went away is recorded with.
+CLIENT_CLOSED = 499
 
 
 def endToEnd(headers: Headers, drop: frozenset[bytes] = frozenset()) -> Headers:
@@ -62,17 +64,33 @@ def endToEnd(headers: Headers, drop: frozenset[bytes] = frozenset()) -> Headers:
         section 7.6.1, including those named by C{Connection}) and without
         the lower-case names in C{drop}.  Repeated values are kept.
     """
-    named = {
-        token.strip().lower()
-        for value in headers.getRawHeaders(b"connection", [])
-        for token in value.split(b",")
-    }
     out = Headers()
-    for name, values in headers.getAllRawHeaders():
+    for name, value in endToEndPairs(headers.getAllRawHeaders(), drop):
+        out.addRawHeader(name, value)
+    return out
+
+
+def endToEndPairs(pairs, drop: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+    """
+    @param pairs: C{(name, value)} or C{(name, [values])} header pairs.
+    @return: the end-to-end ones as C{(name, value)} pairs, one per value.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    for name, values in pairs:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower in drop:
+        if lower in HOP_BY_HOP or lower in drop:
+            if lower == b"connection":
+                for value in ([values] if isinstance(values, bytes) else values):
+                    named = (named or set()) | {
+                        t.strip().lower() for t in value.split(b",")}
             continue
-        out.setRawHeaders(name, values)
+        if isinstance(values, bytes):
+            out.append((name, values))
+        else:
+            out.extend((name, value) for value in values)
+    if named:
+        out = [(n, v) for n, v in out if n.lower() not in named]
     return out
 
 
@@ -100,61 +118,38 @@ class BytesProducer:
         pass
 
 
-@implementer(IAgentEndpointFactory)
-class _CachedEndpoints:
+class UpstreamClients:
     """
-    One client endpoint per upstream address, made once: L{Agent} would
-    otherwise build (and IDNA-encode the host of) a new endpoint for every
-    request, even one that reuses a pooled connection.
-    """
+    One L{UpstreamPool} per upstream (a model or a peer), made on first use.
 
-    def __init__(self, reactor, connectTimeout: float) -> None:
-        self._reactor = reactor
-        self._connectTimeout = connectTimeout
-        self._policy = BrowserLikePolicyForHTTPS()
-        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
-
-    def endpointForURI(self, uri):
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
-            endpoint = HostnameEndpoint(
-                self._reactor, host, uri.port, timeout=self._connectTimeout)
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(
-                    self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
-            self._endpoints[key] = endpoint
-        return endpoint
-
-
-class UpstreamAgents:
-    """
-    One L{Agent} with its own persistent L{HTTPConnectionPool} per upstream.
-
-    @param reactor: the reactor the agents connect with.
+    @param reactor: the reactor the pools connect with.
     @param connectTimeout: seconds allowed to connect to an upstream.
     """
 
     def __init__(self, reactor, connectTimeout: float = 30.0) -> None:
         self._reactor = reactor
         self._connectTimeout = connectTimeout
-        self._agents: dict[str, tuple[Agent, HTTPConnectionPool]] = {}
+        self._pools: dict[str, tuple[bytes, UpstreamPool]] = {}
 
-    def agentFor(self, key: str, parallel: int = 10) -> Agent:
+    def clientFor(self, key: str, url: bytes, parallel: int = 10) -> UpstreamPool:
         """
-        @return: the agent of the upstream C{key}, creating it on first use
-            with room for C{parallel} idle keep-alive connections.
+        @param url: a URL of the upstream (its scheme, host and port count).
+        @return: the pool of the upstream C{key}, creating it on first use
+            (or when its address changed) with room for C{parallel} idle
+            keep-alive connections.
         """
-        entry = self._agents.get(key)
-        if entry is None:
-            pool = quietPool(self._reactor)
-            pool.maxPersistentPerHost = max(parallel, 2)
-            pool.retryAutomatically = False
-            agent = Agent.usingEndpointFactory(
-                self._reactor, _CachedEndpoints(self._reactor, self._connectTimeout), pool=pool)
-            entry = self._agents[key] = (agent, pool)
-        return entry[0]
+        entry = self._pools.get(key)
+        origin = _origin(url)
+        if entry is not None and entry[0] == origin:
+            return entry[1]
+        if entry is not None:
+            entry[1].close()
+        scheme, _, rest = origin.partition(b"://")
+        host, port = _hostPort(rest, 443 if scheme == b"https" else 80)
+        pool = UpstreamPool(self._reactor, host, port, scheme=scheme,
+                            maxIdle=max(parallel, 2), connectTimeout=self._connectTimeout)
+        self._pools[key] = (origin, pool)
+        return pool
 
     def reset(self, key: str) -> Deferred[None]:
         """
@@ -163,10 +158,10 @@ class UpstreamAgents:
 
         @return: a L{Deferred} that fires when they are closed.
         """
-        entry = self._agents.pop(key, None)
+        entry = self._pools.pop(key, None)
         if entry is None:
             return succeed(None)
-        return entry[1].closeCachedConnections()
+        return entry[1].close()
 
     def closeAll(self) -> Deferred[None]:
         """
@@ -176,51 +171,258 @@ class UpstreamAgents:
         """
         from twisted.internet.defer import gatherResults
 
-        ds = [self.reset(key) for key in list(self._agents)]
+        ds = [self.reset(key) for key in list(self._pools)]
         return gatherResults(ds).addCallback(lambda _: None)
 
 
-class _BodyRelay(Protocol):
+#: The name other modules knew the pools by.
+UpstreamAgents = UpstreamClients
+
+
+def _origin(url: bytes) -> bytes:
+    scheme, sep, rest = url.partition(b"://")
+    if not sep:
+        scheme, rest = b"http", url
+    return scheme.lower() + b"://" + rest.partition(b"/")[0].partition(b"?")[0]
+
+
+def _hostPort(netloc: bytes, default: int) -> tuple[str, int]:
+    text = netloc.decode("idna").rpartition("@")[2]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.partition(":")
+    return host, int(port) if port else default
+
+
+class AgentClient:
     """
-    Writes each chunk of an upstream body to the client request as it
-    arrives; the upstream transport is the request's producer.
+    Any L{IAgent} (an in-memory one in tests) with the interface of an
+    L{UpstreamPool}: C{request(method, url, headers, body, sink, limits)}.
+    Limits are not applied.
     """
 
-    def __init__(self, request, done: Deferred[None], isGone: Callable[[], bool],
-                 meter=None) -> None:
-        self.request = request
-        self.done = done
-        self.isGone = isGone
-        self.meter = meter
-        self.registered = False
+    def __init__(self, agent) -> None:
+        self.agent = agent
+
+    def request(self, method: bytes, url: bytes, headers, body: Any, sink,
+                limits: Limits = NO_LIMITS) -> _AgentExchange:
+        return _AgentExchange(self.agent, method, url, headers, body, sink)
+
+
+class _AgentExchange:
+    connection: Any = None
+
+    def __init__(self, agent, method: bytes, url: bytes, headers, body, sink) -> None:
+        self.sink = sink
+        self.cancelled = False
+        out = Headers()
+        for name, value in headers:
+            out.addRawHeader(name, value)
+        producer = BytesProducer(body) if isinstance(body, bytes) else body
+        if producer is None and method in (b"POST", b"PUT", b"PATCH"):
+            producer = BytesProducer(b"")
+        d = agent.request(method, url, out, producer)
+        if producer is None or isinstance(producer, BytesProducer):
+            def retryStale(f: Failure):
+                if not f.check(ResponseNeverReceived, RequestNotSent) or self.cancelled:
+                    return f
+                return agent.request(method, url, out, producer)
+
+            d.addErrback(retryStale)
+        self._d = d
+        d.addCallbacks(self._response, self._failed)
+
+    def _response(self, response) -> None:
+        if self.cancelled:
+            response.deliverBody(Protocol())
+            return
+        response.deliverBody(_AgentBody(self, response))
+
+    def _failed(self, f: Failure) -> None:
+        if not self.cancelled:
+            self.sink.responseEnded(f)
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._d.cancel()
+            if self.connection is not None:
+                self.connection.stopProducing()
+
+
+class _AgentBody(Protocol):
+    def __init__(self, exchange: _AgentExchange, response) -> None:
+        self.exchange = exchange
+        self.response = response
 
     def connectionMade(self) -> None:
-        if not self.isGone():
-            # A TransportProxyProducer: the client socket's pause/resume now
-            # throttles the upstream socket, and a disconnect stops it.
-            self.request.registerProducer(self.transport, True)
-            self.registered = True
+        self.exchange.connection = self.transport
+        pairs = [(name.lower(), value) for name, values in self.response.headers.getAllRawHeaders()
+                 for value in values]
+        self.exchange.sink.responseStarted(self.response.code, self.response.phrase, pairs)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.meter is not None:
-            self.meter.data(data)
-        if not self.isGone():
-            self.request.write(data)
+        if not self.exchange.cancelled:
+            self.exchange.sink.bodyData(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        if self.registered and not self.isGone():
-            self.request.unregisterProducer()
+        if self.exchange.cancelled:
+            return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(None)
+            self.exchange.sink.responseEnded(None)
         else:
-            self.done.errback(reason)
+            self.exchange.sink.responseEnded(Failure(ResponseFailed(reason.getErrorMessage(),
+                                                                    False)))
+
+
+@implementer(IResponseSink)
+class _Relay:
+    """
+    One exchange: the upstream's response written to the client request.
+    """
+
+    log = Logger(namespace="llamaswap.proxy.relay")
+
+    def __init__(self, resource: RelayResource, request) -> None:
+        self.resource = resource
+        self.request = request
+        self.meter = resource.meter
+        self.status: int | None = None
+        self.gone = False
+        self.ended = False
+        self.registered = False
+        self.first = False
+        self.exchange: Any = None
+
+    # -- IResponseSink ---------------------------------------------------
+
+    def responseStarted(self, status: int, phrase: bytes, headers: list) -> None:
+        self.status = status
+        meter = self.meter
+        if meter is not None:
+            meter.response(status, headers)
+        if self.gone:
+            return
+        request = self.request
+        if not self.resource.headersSent:
+            request.setResponseCode(status, phrase or None)
+            out = request.responseHeaders
+            stream = False
+            for name, value in endToEndPairs(headers):
+                out.addRawHeader(name, value)
+                if name == b"content-type" and b"text/event-stream" in value:
+                    stream = True
+            if stream:
+                out.setRawHeaders(b"x-accel-buffering", [b"no"])
+            self.first = stream
+            if meter is not None:
+                out.setRawHeaders(b"server-timing", [meter.timer.serverTimingHeader()])
+        producer = getattr(self.exchange, "connection", None)
+        if producer is not None:
+            # A slow client now pauses the upstream socket; a client that
+            # goes away stops it (the channel stops its producer).
+            request.registerProducer(producer, True)
+            self.registered = True
+        if not self.resource.headersSent:
+            # The status and headers go out now, not with the first body
+            # byte: an upstream that answers and then thinks is visible.
+            request.write(b"")
+            if self.first:
+                # A stream's head and first event leave at once (a small
+                # JSON answer leaves whole, at the reactor's next write).
+                self._flush()
+
+    def bodyData(self, data: bytes) -> None:
+        meter = self.meter
+        if meter is not None:
+            meter.data(data)
+        if not self.gone:
+            self.request.write(data)
+            if self.first:
+                self.first = False
+                self._flush()
+
+    def _flush(self) -> None:
+        channel = getattr(self.request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if transport is not None:
+            flushNow(transport)
+
+    def responseEnded(self, reason: Failure | None) -> None:
+        if self.registered and not self.gone:
+            self.registered = False
+            self.request.unregisterProducer()
+        if reason is None:
+            if not self.gone:
+                self.gone = True
+                self.request.finish()
+                self._flush()  # the answer's last bytes leave now
+            self._end(self.status, None)
+            return
+        self._failed(reason)
+
+    # -- the rest ----------------------------------------------------------
+
+    def clientGone(self, reason: Failure) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        if self.exchange is not None:
+            self.exchange.cancel()
+        self._end(CLIENT_CLOSED, reason, clientClosed=True)
+
+    def _end(self, status: int | None, failure: Failure | None, clientClosed: bool = False,
+             clientStatus: int | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        meter = self.meter
+        if meter is not None:
+            if clientClosed:
+                meter.done(CLIENT_CLOSED, clientClosed=True)
+            else:
+                meter.done(status if status is not None else (clientStatus or 502))
+        self.resource.onDone(self.status, failure)
+
+    def _failed(self, f: Failure) -> None:
+        resource = self.resource
+        timedOut = f.check(UpstreamTimeout) is not None
+        if self.gone:
+            self._end(self.status, f)
+            return
+        request = self.request
+        if self.status is not None:
+            # Mid-stream: cut the connection rather than end cleanly, so
+            # the client sees a failure and not a truncated success.
+            self.log.warn("[{model}] upstream failed mid-response: {why}",
+                          model=resource.modelId, why=f.getErrorMessage())
+            self._end(self.status, f)
+            self.gone = True
+            transport = getattr(request, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            return
+        self.log.warn("[{model}] upstream {what}: {why}", model=resource.modelId,
+                      what="timed out" if timedOut else "unreachable", why=f.getErrorMessage())
+        self._end(None, f, clientStatus=504 if timedOut else 502)
+        self.gone = True
+        error = f.value
+        if not timedOut:
+            message = getattr(error, "message", None) or f.getErrorMessage()
+            if not message.startswith("upstream unreachable"):
+                message = f"upstream unreachable: {message}"
+            error = UpstreamUnreachable(message)
+        resource.writeError(request, error)
 
 
 class RelayResource(Resource):
     """
     Sends one request upstream and streams the answer back.
 
-    @param agent: the upstream's L{Agent}.
+    @param client: the upstream's L{UpstreamPool}, or an L{IAgent}
+        (wrapped in an L{AgentClient}).
     @param url: the full upstream URL (bytes).
     @param method: the HTTP method (bytes).
     @param headers: the client's request headers (hop-by-hop headers are
@@ -228,18 +430,19 @@ class RelayResource(Resource):
     @param body: the request body to send: bytes, an L{IBodyProducer}
         (a large upload streamed from its spool file), or L{None}.
     @param writeError: answers a request with an error and finishes it;
-        used when the upstream cannot be reached.
+        used when the upstream cannot be reached or times out.
     @param meter: observes the exchange, or L{None}: C{response(status,
         headers)} when the upstream answers, C{data(chunk)} for every chunk
-        relayed, C{done(status)} at the end, and C{timer} (a
-        L{llamaswap.observe.timing.PhaseTimer}) whose phases go out in a
-        C{Server-Timing} header.  Metered requests ask the upstream only
-        for the codings the meter can read.
+        relayed, C{done(status, clientClosed=False)} at the end, and
+        C{timer} (a L{llamaswap.observe.timing.PhaseTimer}) whose phases go
+        out in a C{Server-Timing} header.  Metered requests ask the
+        upstream only for the codings the meter can read.
     @param headersSent: the client already has a status and headers (a
         loading-state stream was written): append the upstream's body only.
     @param onDone: called once with C{(status or None, failure or None)}
         when the exchange has ended, whatever the outcome: the caller
         releases its lease there.
+    @param limits: the model's L{Limits} (time to headers, idle time).
     """
 
     isLeaf = True
@@ -247,19 +450,22 @@ class RelayResource(Resource):
 
     def __init__(
         self,
-        agent: Agent,
+        client,
         url: bytes,
         method: bytes,
         headers: Headers,
-        body: bytes,
+        body: Any,
         onDone: Callable[[int | None, Failure | None], None],
         writeError: Callable[[object, Exception], None],
         modelId: str = "",
         headersSent: bool = False,
         meter=None,
+        limits: Limits = NO_LIMITS,
     ) -> None:
         super().__init__()
-        self.agent = agent
+        if not isinstance(client, (UpstreamPool, AgentClient)):
+            client = AgentClient(client)  # an IAgent
+        self.client = client
         self.url = url
         self.method = method
         self.headers = headers
@@ -269,120 +475,53 @@ class RelayResource(Resource):
         self.modelId = modelId
         self.headersSent = headersSent
         self.meter = meter
-        self._ended = False
+        self.limits = limits
 
-    def _end(self, status: int | None, failure: Failure | None) -> None:
-        if not self._ended:
-            self._ended = True
-            if self.meter is not None:
-                self.meter.done(status if status is not None else 502)
-            self.onDone(status, failure)
-
-    def render(self, request) -> object:
-        gone = [False]
-        relay: list[_BodyRelay] = []
-
-        def clientGone(_: object) -> None:
-            gone[0] = True
-            # The channel stops its registered producer on disconnect; do it
-            # here too, so that the upstream stops generating whatever the
-            # request's transport is.
-            if relay and relay[0].transport is not None:
-                relay[0].transport.stopProducing()
-
-        request.notifyFinish().addErrback(clientGone)
-        transport = getattr(request, "transport", None)
-        setNoDelay = getattr(transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            setNoDelay(True)
-
-        headers = endToEnd(self.headers, REQUEST_DROP)
-        if self.meter is not None and headers.hasHeader(b"accept-encoding"):
-            readable = filterAcceptEncoding(headers.getRawHeaders(b"accept-encoding")[0])
-            if readable:
-                headers.setRawHeaders(b"accept-encoding", [readable.encode("latin-1")])
-            else:
-                headers.removeHeader(b"accept-encoding")
+    def upstreamHeaders(self, request) -> list[tuple[bytes, bytes]]:
+        """
+        @return: the header pairs sent upstream for C{request}: end-to-end
+            only, the codings a meter can read, and C{X-Forwarded-For}.
+        """
+        pairs = endToEndPairs(self.headers.getAllRawHeaders(), REQUEST_DROP)
+        forwarded: list[bytes] = []
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in pairs:
+            lower = name.lower()
+            if lower == b"x-forwarded-for":
+                forwarded.append(value)
+                continue
+            if lower == b"accept-encoding" and self.meter is not None:
+                readable = filterAcceptEncoding(value)
+                if not readable:
+                    continue
+                value = readable.encode("latin-1")
+            out.append((name, value))
         peer = request.getClientAddress()
         host = getattr(peer, "host", None)
         if host:
-            prior = headers.getRawHeaders(b"x-forwarded-for", [])
-            value = b", ".join([*prior, host.encode("ascii")])
-            headers.setRawHeaders(b"x-forwarded-for", [value])
-        if IBodyProducer.providedBy(self.body):
-            producer = self.body
-        elif self.body or self.method in (b"POST", b"PUT", b"PATCH"):
-            producer = BytesProducer(self.body or b"")
-        else:
-            producer = None
-        d = self.agent.request(self.method, self.url, headers, producer)
-        if producer is None or isinstance(producer, BytesProducer):
-            # A pooled keep-alive connection the upstream closed just as it
-            # was reused fails before any answer; Agent retries only
-            # idempotent methods, so retry once here: nothing reached the
-            # client yet, and an in-memory body can be sent again.
-            def retryStale(f: Failure):
-                if not f.check(ResponseNeverReceived, RequestNotSent) or gone[0]:
-                    return f
-                self.log.info("[{model}] retrying on a fresh connection: {why}",
-                              model=self.modelId, why=f.getErrorMessage())
-                return self.agent.request(self.method, self.url, headers, producer)
+            forwarded.append(host.encode("ascii"))
+        if forwarded:
+            out.append((b"X-Forwarded-For", b", ".join(forwarded)))
+        return out
 
-            d.addErrback(retryStale)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        status: list[int | None] = [None]
-
-        def gotResponse(response) -> Deferred[None]:
-            status[0] = response.code
-            if self.meter is not None:
-                self.meter.response(response.code, response.headers)
-            if gone[0]:
-                response.deliverBody(_Discard())
-                return succeed(None)
-            if not self.headersSent:
-                request.setResponseCode(response.code, response.phrase)
-                for name, values in endToEnd(response.headers).getAllRawHeaders():
-                    request.responseHeaders.setRawHeaders(name, values)
-                contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
-                if b"text/event-stream" in contentType:
-                    request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
-                if self.meter is not None:
-                    request.responseHeaders.setRawHeaders(
-                        b"server-timing", [self.meter.timer.serverTimingHeader()])
-            done: Deferred[None] = Deferred()
-            relay.append(_BodyRelay(request, done, lambda: gone[0], self.meter))
-            response.deliverBody(relay[0])
-            return done
-
-        def finished(_: object) -> None:
-            if not gone[0]:
-                gone[0] = True
-                request.finish()
-            self._end(status[0], None)
-
-        def failed(f: Failure) -> None:
-            self._end(status[0], f)
-            if gone[0]:
-                return
-            if status[0] is not None:
-                # Mid-stream: cut the connection rather than end cleanly, so
-                # the client sees a failure and not a truncated success.
-                self.log.warn("[{model}] upstream failed mid-response: {why}",
-                              model=self.modelId, why=f.getErrorMessage())
-                transport = getattr(request, "transport", None)
-                if transport is not None:
-                    transport.abortConnection()
-                return
-            self.log.warn("[{model}] upstream unreachable: {why}",
-                          model=self.modelId, why=f.getErrorMessage())
-            self.writeError(request, UpstreamUnreachable(
-                f"upstream unreachable: {f.getErrorMessage()}"))
-
-        d.addCallback(gotResponse).addCallbacks(finished, failed)
-        d.addErrback(lambda f: self.log.failure("relay", f))
+    def render(self, request) -> object:
+        relay = _Relay(self, request)
+        transport = getattr(request, "transport", None)
+        if transport is not None and not getattr(transport, "_llamaswapNoDelay", False):
+            setNoDelay = getattr(transport, "setTcpNoDelay", None)
+            if setNoDelay is not None:
+                try:
+                    setNoDelay(True)
+                    transport._llamaswapNoDelay = True
+                except (OSError, AttributeError):
+                    pass
+        body = self.body
+        if IBodyProducer.providedBy(body):
+            pass
+        elif not body and self.method not in (b"POST", b"PUT", b"PATCH"):
+            body = None
+        relay.exchange = self.client.request(
+            self.method, self.url, self.upstreamHeaders(request), body, relay, self.limits)
+        if not relay.ended:
+            request.notifyFinish().addErrback(relay.clientGone)
         return NOT_DONE_YET
-
-
-class _Discard(Protocol):
-    def connectionLost(self, reason: Failure) -> None:
-        pass

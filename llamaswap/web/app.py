@@ -10,24 +10,19 @@ import time
 from typing import Callable
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from llamaswap._version import __version__
-from llamaswap.errors import (
-    BadRequest,
-    LlamaSwapError,
-    ShuttingDown,
-    UnknownModel,
-    UpstreamUnreachable,
-)
-from llamaswap.proxy.body import ClientBody, readClientBody
-from llamaswap.proxy.filters import applyFilters
-from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
-from llamaswap.proxy.peers import PeerDirectory, peerUnreachable, upstreamRequest
-from llamaswap.proxy.relay import RelayResource, UpstreamAgents
+from llamaswap.errors import BadRequest, LlamaSwapError, ShuttingDown, UnknownModel
+from llamaswap.proxy.body import readClientBody
+from llamaswap.proxy.forward import Forwarder
+from llamaswap.proxy.peers import PeerDirectory
+from llamaswap.proxy.relay import UpstreamClients
 from llamaswap.web.auth import (
     WWW_AUTHENTICATE,
     StreamTokens,
@@ -90,6 +85,9 @@ V_ROUTES = (
     "/v/reranking",
 )
 
+_BODY_PATHS = frozenset(p.encode("ascii") for p in BODY_ROUTES)
+_V_PATHS = frozenset(p.encode("ascii") for p in V_ROUTES)
+
 CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_DEFAULT_HEADERS = b"Content-Type, Authorization, Accept, X-Requested-With"
 
@@ -106,19 +104,6 @@ def _text(request, text: str, code: int = 200) -> bytes:
     return text.encode("utf-8")
 
 
-def _contentLength(request) -> int:
-    """
-    @return: the length of the body twisted.web received for C{request}.
-    """
-    content = request.content
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    length = content.tell()
-    content.seek(0)
-    return length
-
-
 def _isToken(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
 
@@ -133,15 +118,16 @@ class _Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped, apiKeys, tokens: StreamTokens | None = None,
-                 draining=lambda: False) -> None:
+    def __init__(self, wrapped, apiKeys, api: "LlamaSwapAPI | None" = None,
+                 tokens: StreamTokens | None = None, draining=lambda: False) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.apiKeys = tuple(apiKeys)
+        self.api = api
         self.tokens = tokens
         self.draining = draining
 
-    def render(self, request) -> bytes:
+    def render(self, request) -> object:
         if self.draining():  # shutting down: requests in flight finish, no new ones
             request.setHeader(b"connection", b"close")
             return renderError(request, ShuttingDown("llamaswap is shutting down"))
@@ -154,6 +140,10 @@ class _Front(Resource):
                     request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
                 return renderError(request, Unauthorized())
             request.requestHeaders = stripCredentials(request.requestHeaders)
+        if self.api is not None and request.method == b"POST":
+            hot = self.api.hotRoute(request)
+            if hot is not None:
+                return self.api.renderHot(request, hot)
         return self.wrapped.render(request)
 
     def preflight(self, request) -> bytes:
@@ -193,7 +183,7 @@ class LlamaSwapAPI:
 
     @param config: the validated L{llamaswap.config.Config}.
     @param router: the L{llamaswap.router.router.RouterService}.
-    @param agents: the L{UpstreamAgents} to relay requests with.
+    @param agents: the L{UpstreamClients} to relay requests with.
     @param clock: schedules the loading-state stream's output.
     @param now: returns the current POSIX time (for C{created} fields).
     @param staticDir: the web UI's files (default: the bundled ones).
@@ -216,7 +206,7 @@ class LlamaSwapAPI:
         self,
         config,
         router,
-        agents: UpstreamAgents,
+        agents: UpstreamClients,
         clock: IReactorTime,
         now: Callable[[], float] = time.time,
         staticDir: str | None = None,
@@ -236,13 +226,63 @@ class LlamaSwapAPI:
         self.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
         self.streamTokens = streamTokens if streamTokens is not None else StreamTokens(clock)
         self.uiApi = UIApi(config, self.streamTokens, reload)
+        self.forwarder = Forwarder(agents, clock, observatory,
+                                   lambda req, error: writeError(req, toError(error)))
 
     def resource(self):
         """
         @return: the L{IResource} serving this API.
         """
-        return _Front(self.app.resource(), self.config.apiKeys, self.streamTokens,
+        return _Front(self.app.resource(), self.config.apiKeys, self, self.streamTokens,
                       lambda: getattr(self.router, "draining", False))
+
+    # -- hot routes: the inference POSTs, dispatched without Klein ----------
+
+    def hotRoute(self, request):
+        """
+        @return: the coroutine answering C{request} when it is a POST on an
+            inference route (the same handler as its Klein route), else
+            L{None}.
+        """
+        path = request.path
+        if path in _BODY_PATHS:
+            return self._relay(request, request.uri, path == b"/v1/chat/completions")
+        if path in _V_PATHS:
+            return self._relay(request, request.uri[len(b"/v"):])
+        return None
+
+    def renderHot(self, request, coroutine) -> object:
+        """
+        Run a hot route's coroutine as Klein would: its result (a resource
+        or bytes) rendered, an error rendered by L{anyError}, the wait for a
+        model cancelled when the client goes away.
+        """
+        d = Deferred.fromCoroutine(coroutine)
+        if not d.called:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def rendered(result: object) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = result.render(request) if hasattr(result, "render") else result
+            if body is NOT_DONE_YET:
+                return
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            if isinstance(body, bytes) and body:
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if getattr(request, "_disconnected", False) or request.finished:
+                return
+            rendered(self.anyError(request, f))
+
+        d.addCallbacks(rendered, failed).addErrback(
+            lambda f: self.log.failure("rendering {uri}", f, uri=request.uri.decode("latin-1")))
+        return NOT_DONE_YET
+
 
     # -- errors -----------------------------------------------------------
 
@@ -267,7 +307,7 @@ class LlamaSwapAPI:
             peer = self.peers.peerFor(body.model)
             if peer is None:
                 raise UnknownModel("no router for requested model")
-            return self._toPeer(request, peer, upstreamPath, body)
+            return self.forwarder.toPeer(request, peer, upstreamPath, body)
         loading = None
         if (
             loadingState
@@ -291,78 +331,8 @@ class LlamaSwapAPI:
             return _Appended(renderError(request, error))
         if loading is not None:
             await loading.done()
-        model = self.config.models[lease.modelId]
-        return self._toLocal(request, lease, upstreamPath, self._payload(request, body, model),
-                             headersSent=loading is not None, metered=body)
-
-    def _payload(self, request, body: ClientBody, model):
-        """
-        @return: the body to send upstream for C{model}: the JSON body with
-            the model's filters applied (the same bytes when none apply),
-            a producer streaming a multipart form (its C{model} field
-            rewritten for C{useModelName}), or L{None}.
-        """
-        if body.form is not None:
-            return bodyProducer(request.content, body.form, model.useModelName, self.clock)
-        if body.raw is not None and body.isJSON:
-            return applyFilters(body.raw, model.filters, body.model, model.useModelName) or body.raw
-        return body.raw
-
-    def _toLocal(self, request, lease, upstreamPath: bytes, payload, headersSent: bool = False,
-                 metered: ClientBody | None = None):
-        """
-        Relay a request holding C{lease} to its model's upstream.
-
-        @param metered: the client's body, for a model route whose token
-            metrics, activity entry, capture and phases are recorded
-            (SPEC.md: POST requests only); L{None} for passthrough.
-        """
-        try:
-            model = self.config.models[lease.modelId]
-            url = lease.baseURL.rstrip("/").encode("utf-8") + upstreamPath
-            agent = self.agents.agentFor(lease.modelId, model.concurrencyLimit)
-            meter = None
-            if metered is not None and self.observatory is not None and request.method == b"POST":
-                path = request.path.decode("utf-8", "replace")
-                meter = self.observatory.meter(
-                    lease.modelId, path, path, request.requestHeaders, metered.raw, lease)
-            return RelayResource(
-                agent,
-                url,
-                request.method,
-                request.requestHeaders,
-                payload,
-                onDone=lambda status, failure: lease.release(),
-                writeError=lambda req, error: writeError(req, toError(error)),
-                modelId=lease.modelId,
-                headersSent=headersSent,
-                meter=meter,
-            )
-        except BaseException:
-            lease.release()
-            raise
-
-    def _toPeer(self, request, peer, upstreamPath: bytes, body: ClientBody) -> RelayResource:
-        raw = body.raw if body.form is None else None
-        url, headers, payload = upstreamRequest(
-            peer, upstreamPath, request.requestHeaders, raw, body.model)
-        if body.form is not None:
-            payload = bodyProducer(request.content, body.form, "", self.clock)
-
-        def unreachable(req, error: Exception) -> None:
-            reason = error.message if isinstance(error, UpstreamUnreachable) else str(error)
-            writeError(req, peerUnreachable(reason.removeprefix("upstream unreachable: ")))
-
-        return RelayResource(
-            self.agents.agentFor("peer:" + peer.id),
-            url,
-            request.method,
-            headers,
-            payload,
-            onDone=lambda status, failure: None,
-            writeError=unreachable,
-            modelId=f"{peer.id}: {body.model}",
-        )
+        return self.forwarder.toModel(request, lease, self.config.models[lease.modelId],
+                                      upstreamPath, body, headersSent=loading is not None)
 
     for _path in BODY_ROUTES:
 
@@ -414,9 +384,8 @@ class LlamaSwapAPI:
         query = request.uri.partition(b"?")[2]
         upstreamPath = restPathBytes(restPath) + (b"?" + query if query else b"")
         lease = await self.router.acquire(modelId, limited=False)
-        length = _contentLength(request)
-        payload = SplicedFileProducer(request.content, length, clock=self.clock) if length else None
-        return self._toLocal(request, lease, upstreamPath, payload)
+        return self.forwarder.toModel(request, lease, self.config.models[lease.modelId],
+                                      upstreamPath)
 
     # -- models and operations --------------------------------------------
 

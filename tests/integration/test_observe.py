@@ -61,6 +61,56 @@ class ObserveTests(TestCase):
         self.assertEqual(capture["req_path"], "/v1/chat/completions")
 
     @asyncTest
+    async def test_upstreamPassthroughIsMeteredLikeTheOthers(self) -> None:
+        body = {"model": "obs", "messages": [{"role": "user", "content": "hi"}]}
+        response, _ = await self.daemon.post("/upstream/obs/v1/chat/completions", body)
+        self.assertEqual(response.code, 200)
+        [entry] = await self.daemon.getJSON("/api/metrics")
+        self.assertEqual(entry["req_path"], "/upstream/obs/v1/chat/completions")
+        self.assertEqual(entry["resp_status_code"], 200)
+        self.assertGreater(entry["tokens"]["output_tokens"], 0)
+        self.assertTrue(entry["has_capture"])
+        response = await self.daemon.http.get(self.daemon.base + "/metrics")
+        text = (await response.content()).decode()
+        self.assertIn('route="/upstream"', text)
+        self.assertNotIn('route="/upstream/obs', text)
+
+    @asyncTest
+    async def test_abortedStreamIsLoggedAndMetered(self) -> None:
+        """
+        A client that goes away mid-stream: its access-log line and its
+        activity entry still come, with 499 (client closed request).
+        """
+        daemon = InProcessDaemon(self, demoModels(["slow"], "--tokens 1000 --token-delay 0.05"))
+        body = {"model": "slow", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        response = await daemon.http.post(
+            daemon.base + "/v1/chat/completions", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, unbuffered=True)
+        self.assertEqual(response.code, 200)
+        collect = Collect()
+        response.deliverBody(collect)
+        await eventually(lambda: b"data: " in collect.data, timeout=10)
+        collect.transport.stopProducing()  # the client goes away
+
+        async def entries():
+            return await daemon.getJSON("/api/metrics")
+
+        found: list = []
+
+        async def closedEntry() -> bool:
+            found[:] = [e for e in await entries() if e["resp_status_code"] == 499]
+            return bool(found)
+
+        for _ in range(100):
+            if await closedEntry():
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(found[0]["model"], "slow")
+        logs = await daemon.http.get(daemon.base + "/logs")
+        self.assertIn('"POST /v1/chat/completions HTTP/1.1" 499', (await logs.content()).decode())
+
+    @asyncTest
     async def test_serverTimingPhasesAddUp(self) -> None:
         response, _ = await self.daemon.chat("obs")
         [header] = response.headers.getRawHeaders(b"server-timing")
