@@ -293,8 +293,8 @@ class RouterService(Service):
         @return: one record per model with a process (starting, ready or
             stopping: not stopped or failed), sorted by id, in the shape of
             the reference's C{/running} plus C{inFlight}, C{queued}, C{pid},
-            C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure} and
-            C{progress}.
+            C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure},
+            C{progress} and, with the memory planner, C{memory}.
         """
         return self.memory.withRecords(runningRecords(self))
 
