@@ -242,7 +242,8 @@ class LlamaSwapService(MultiService):
         self.memory = MemoryWiring(reactor, configPath)
         self.observatory.memoryRecord = self.memory.record
         self.router = RouterService(config, reactor=self.reactor,
-                                    machineFactory=self._machine, observer=self.observatory)
+                                    machineFactory=self._machine, observer=self.observatory,
+                                    memory=lambda: self.memory.manager)
         self._memoryFor(config)
         self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)

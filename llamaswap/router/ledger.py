@@ -3,7 +3,8 @@
 The router's books: the requests waiting for their models, how many each
 model has admitted, and the leases in flight.
 
-L{Ledger} only counts; L{llamaswap.router.router.RouterService} decides.
+L{Ledger} only counts (and tells waiters their queue positions);
+L{llamaswap.router.router.RouterService} decides.
 Its read API (L{Ledger.inFlight}, L{Ledger.admitted}, L{Ledger.queued},
 L{Ledger.waiting}, L{Ledger.leases}) is what tests, the C{/running} JSON
 and the observatory read.
@@ -77,6 +78,8 @@ class Ledger:
     Waiting requests in arrival order, admission counts (waiting plus in
     flight, what C{concurrencyLimit} bounds) and leases in flight, per model.
     """
+
+    log = Logger()
 
     def __init__(self, models: Iterable[str] = ()) -> None:
         self._waiting: List[Waiter] = []
@@ -178,6 +181,25 @@ class Ledger:
         """
         done = {id(w) for w in waiters}
         self._waiting = [w for w in self._waiting if id(w) not in done]
+
+    def tellPositions(self, queued: Iterable[object]) -> None:
+        """
+        Tell each waiter whose 1-based position in C{queued} (the ids of
+        the requests waiting behind others, in queue order) changed, through
+        its C{onQueuePosition}; a waiter no longer in C{queued} is told
+        nothing (its model is loading for it).
+        """
+        positions = {requestId: i + 1 for i, requestId in enumerate(queued)}
+        for waiter in self._waiting:
+            position = positions.get(waiter.id)
+            if position == waiter.position:
+                continue
+            waiter.position = position
+            if position is not None and waiter.onQueuePosition is not None:
+                try:
+                    waiter.onQueuePosition(position)
+                except Exception:
+                    self.log.failure("[{model}] onQueuePosition", model=waiter.modelId)
 
     def lend(self, lease: Lease) -> None:
         self._leases.add(lease)

@@ -34,6 +34,7 @@ from llamaswap.errors import (
 )
 from llamaswap.interfaces import ISwapPlanner
 from llamaswap.router.ledger import Drain, Lease, Ledger, Waiter
+from llamaswap.router.memory import RouterMemory
 from llamaswap.router.phases import PhaseBook
 from llamaswap.router.report import (
     Machine,
@@ -79,6 +80,7 @@ class RouterService(Service):
     @ivar ledger: the L{Ledger} of waiting requests and leases (read it,
         never write it).
     @ivar observer: the L{IRouterReport} told what happens.
+    @ivar memory: the L{RouterMemory} (the memory planner's manager).
     """
 
     log = Logger()
@@ -92,6 +94,7 @@ class RouterService(Service):
         machineFactory: Callable[[object, Callable[[str, object], None]], Machine],
         planner: object = None,
         observer: object = None,
+        memory: object = None,
     ) -> None:
         """
         @param config: the validated L{llamaswap.config.Config}.
@@ -104,12 +107,17 @@ class RouterService(Service):
             C{ISwapPlanner(config.swap)}.
         @param observer: an L{IRouterReport}, told what happens (metrics
             and the UI); by default a L{RouterObserver} that ignores it.
+        @param memory: the L{MemoryManager
+            <llamaswap.memory.manager.MemoryManager>}, or a callable that
+            returns the current one (a reload replaces it), or L{None}: see
+            L{RouterMemory}.
         """
         self.config = config
         self._reactor = reactor
         self._machineFactory = machineFactory
         self.observer = observer if observer is not None else RouterObserver()
         self.planner = planner if planner is not None else ISwapPlanner(config.swap)
+        self.memory = RouterMemory(memory)
         self.machines: Dict[str, Machine] = {}
         self.ledger = Ledger()
         for modelId, model in config.models.items():
@@ -285,10 +293,10 @@ class RouterService(Service):
         @return: one record per model with a process (starting, ready or
             stopping: not stopped or failed), sorted by id, in the shape of
             the reference's C{/running} plus C{inFlight}, C{queued}, C{pid},
-            C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure} and
-            C{progress}.
+            C{port}, C{since}, C{lastUsed}, C{unloadAt}, C{failure},
+            C{progress} and, with the memory planner, C{memory}.
         """
-        return runningRecords(self)
+        return self.memory.withRecords(runningRecords(self))
 
     def reconfigure(self, config, keep: Callable[[object, object], bool]) -> Reconfigured:
         """
@@ -513,6 +521,10 @@ class RouterService(Service):
         if machine.state in LIVE:
             # Still taking the failed process down: learn when it is gone.
             self._stopModel(modelId, "failed start")
+        if self.memory.retryAfterOom(modelId, record):
+            self._swaps.setdefault(modelId, swapBegan)  # its waiters keep waiting
+            self._step()
+            return
         client = error.clientMessage() if isinstance(error, UpstreamStartError) else (
             f"upstream failed to start: {message}")
         # Last: the waiters' callbacks may well ask for the model again.
@@ -562,7 +574,7 @@ class RouterService(Service):
                 self._again = False
                 self._apply(self._plan())
                 if not self._again:
-                    self._reportPositions(self._lastPlan)
+                    self.ledger.tellPositions(self._lastPlan.queued)
         finally:
             self._stepping = False
         self._drain.check()
@@ -580,7 +592,8 @@ class RouterService(Service):
                 idleSince=self._idleSince.get(modelId),
             )
         pending = [Pending(w.id, w.modelId, w.arrived, w.lease) for w in self.ledger.waiting()]
-        plan = decide(pending, views, self.planner, now, self.config.maxQueueWait,
+        planner = self.memory.plannerFor(self.planner, views, {p.model for p in pending})
+        plan = decide(pending, views, planner, now, self.config.maxQueueWait,
                       retiring=bool(self._retiring))
         self._lastPlan = plan
         return plan
@@ -682,7 +695,7 @@ class RouterService(Service):
 
     def _explain(self, target: str, running) -> None:
         try:
-            line = self.planner.explain(target, running)
+            line = (self.memory.planner or self.planner).explain(target, running)
         except Exception:
             self.log.failure("[{model}] explaining a swap", model=target)
             return
@@ -704,19 +717,6 @@ class RouterService(Service):
             if modelId not in closed and machine is not None and machine.state == "ready":
                 self.log.info("[{model}] open to new requests again", model=modelId)
         self._closed = closed
-
-    def _reportPositions(self, plan: Plan) -> None:
-        positions = {requestId: i + 1 for i, requestId in enumerate(plan.queued)}
-        for waiter in self.ledger.waiting():
-            position = positions.get(waiter.id)
-            if position == waiter.position:
-                continue
-            waiter.position = position
-            if position is not None and waiter.onQueuePosition is not None:
-                try:
-                    waiter.onQueuePosition(position)
-                except Exception:
-                    self.log.failure("[{model}] onQueuePosition", model=waiter.modelId)
 
     def _setWake(self, at: Optional[float]) -> None:
         if at == self._wakeAt and (at is None or self._wake is not None):
