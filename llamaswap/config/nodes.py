@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 Reading composed YAML nodes with key paths, line numbers and type checks.
 
@@ -9,6 +10,7 @@ strings, not booleans, sexagesimal integers or dates.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -265,6 +267,20 @@ def nodeAt(node: Optional[Node], parts: List[Any]) -> Optional[Node]:
     return node
 
 
+def _fold(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def closestKey(key: str, known: List[str]) -> Optional[str]:
+    """
+    @return: the key of C{known} that C{key} most likely misspells (case,
+        C{_} and C{-} aside), or L{None} when none is close.
+    """
+    folded = {_fold(k): k for k in reversed(known)}
+    matches = difflib.get_close_matches(_fold(key), list(folded), n=1, cutoff=0.6)
+    return folded[matches[0]] if matches else None
+
+
 class Section:
     """
     A mapping being read: typed getters that know each value's key path and
@@ -419,6 +435,13 @@ class Section:
             raise self.error(key, f"expected a mapping, got {describe(node)}", node)
         return Section(node, self.childPath(key), self._warnings, self.keyNode(key))
 
+    def entrySection(self, key: str, keyNode: Node, valueNode: Node) -> "Section":
+        """
+        @return: the L{Section} of the mapping C{valueNode} that L{entries}
+            gave for C{key}.
+        """
+        return Section(valueNode, self.childPath(key), self._warnings, keyNode)
+
     def entries(self) -> Iterator[Tuple[str, Node, Node]]:
         """
         Iterate over every C{(key, keyNode, valueNode)} in file order (null
@@ -443,6 +466,12 @@ class Section:
         """
         Report every key not read as unknown.
         """
-        for key in self._entries:
-            if key not in self._used:
-                self._warnings.append(f"{self.childPath(key)}: unknown key (ignored)")
+        known = sorted(self._used - set(self._entries))
+        for key, (keyNode, _) in self._entries.items():
+            if key in self._used:
+                continue
+            warning = f"{self.childPath(key)}: unknown key (line {line(keyNode)})"
+            meant = closestKey(key, known)
+            if meant is not None:
+                warning += f"; did you mean {meant}?"
+            self._warnings.append(warning)
