@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Sequence
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from llamaswap.config import loadConfig
+from llamaswap.listening import listeningService
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
@@ -213,7 +214,7 @@ class LlamaSwapService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, listen: str, launcher: Launcher | None = None,
+    def __init__(self, config, reactor, listen: str | Sequence[str], launcher: Launcher | None = None,
                  daemon: bool = False, configPath: str | None = None,
                  watchConfig: bool = False) -> None:
         super().__init__()
@@ -230,9 +231,7 @@ class LlamaSwapService(MultiService):
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
-        web = strports.service(listen, self.site, reactor=reactor)
-        web.setName("web")
-        web.setServiceParent(self)
+        listeningService(listen, self.site, reactor).setServiceParent(self)
         if daemon:
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
         self._reloading = False
@@ -350,13 +349,14 @@ class LlamaSwapService(MultiService):
 
 
 def makeRootService(
-    config, reactor, listen: str, launcher: Launcher | None = None, daemon: bool = False,
+    config, reactor, listen: str | Sequence[str], launcher: Launcher | None = None,
+    daemon: bool = False,
     configPath: str | None = None, watchConfig: bool = False,
 ) -> LlamaSwapService:
     """
     @param config: a validated L{llamaswap.config.Config}.
     @param reactor: the reactor everything runs on.
-    @param listen: a Twisted server endpoint description.
+    @param listen: a Twisted server endpoint description, or several.
     @param launcher: spawns upstream processes (a real L{Launcher} unless
         given).
     @param daemon: this is the process's own llamaswap (run by twistd):
