@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from llamaswap.config import loadConfig
-from llamaswap.listening import listeningService
+from llamaswap.listening import headDeadlineProtocol, listeningService
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamAgents
 from llamaswap.router.router import RouterService
@@ -48,6 +48,7 @@ class AccessLoggingSite(Site):
     quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
 
     requestFactory = LlamaSwapRequest
+    protocol = headDeadlineProtocol  # a request head has a deadline of its own
 
     def __init__(self, resource, clock) -> None:
         # Leave bodies alone: twisted.web would otherwise parse every form
@@ -231,7 +232,8 @@ class LlamaSwapService(MultiService):
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
-        listeningService(listen, self.site, reactor).setServiceParent(self)
+        listeningService(listen, self.site, reactor,
+                         config.maxConnections).setServiceParent(self)
         if daemon:
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
         self._reloading = False

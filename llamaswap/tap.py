@@ -367,8 +367,14 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor  # only now: twistd has chosen it
 
+    from llamaswap.listening import raiseOpenFilesLimit
     from llamaswap.service import makeRootService
 
+    before, after = raiseOpenFilesLimit()
+    if after != before:
+        log.info("open files limit raised from {before} to {after}", before=before, after=after)
+    else:
+        log.info("open files limit: {limit}", limit=after)
     config = options["parsed"]
     for warning in config.warnings:
         log.warn("config: {warning}", warning=warning)

@@ -210,6 +210,10 @@ class _Builder:
         if maxRequestBodyMB <= 0:
             raise top.error("maxRequestBodyMB", "maxRequestBodyMB must be greater than 0")
 
+        maxConnections = top.int("maxConnections", 0)
+        if maxConnections < 0:
+            raise top.error("maxConnections", "maxConnections must be >= 0 (0: automatic)")
+
         return dict(
             healthCheckTimeout=healthCheckTimeout,
             startPort=startPort,
@@ -219,6 +223,7 @@ class _Builder:
             includeAliasesInList=includeAliasesInList,
             maxRequestBodyMB=maxRequestBodyMB,
             maxQueueWait=self.maxQueueWait(top),
+            maxConnections=maxConnections,
         )
 
     def maxQueueWait(self, top: Section) -> int:

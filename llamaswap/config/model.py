@@ -271,6 +271,9 @@ class Config:
         model while loaded models keep taking new requests; past it, the
         models blocking its swap stop taking new requests, drain, and are
         swapped out.  C{0} means no bound (llamaswap's own key).
+    @ivar maxConnections: the cap on concurrent client connections, over
+        every listener; C{0} derives it from the open-files limit at start
+        (llamaswap's own key).
     @ivar warnings: unknown keys and other things worth logging at load.
     """
 
@@ -288,6 +291,7 @@ class Config:
     includeAliasesInList: bool = False
     maxRequestBodyMB: int = 64
     maxQueueWait: int = 30
+    maxConnections: int = 0
     macros: MacroList = ()
     models: Dict[str, ModelConfig] = attr.Factory(dict)
     swap: Union[GroupsConfig, MatrixConfig] = attr.Factory(
