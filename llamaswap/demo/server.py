@@ -357,30 +357,12 @@ class DemoServer(MediaRoutes):
         maxOutput = body.get("max_output_tokens")
 
         def response(status: str, output: list[Any], usage: Any) -> dict[str, Any]:
-            return {
-                "id": responseId,
-                "object": "response",
-                "created_at": int(started),
-                "status": status,
-                "error": None,
-                "incomplete_details": None,
-                "instructions": instructions if isinstance(instructions, str) else None,
-                "max_output_tokens": maxOutput if isinstance(maxOutput, int) else None,
-                "model": self._modelOf(body),
-                "output": output,
-                "parallel_tool_calls": True,
-                "previous_response_id": None,
-                "reasoning": {"effort": None, "summary": None},
-                "store": False,
-                "temperature": 1.0,
-                "text": {"format": {"type": "text"}},
-                "tool_choice": "auto",
-                "tools": [],
-                "top_p": 1.0,
-                "truncation": "disabled",
-                "usage": usage,
-                "metadata": {},
-            }
+            return _responseObject(
+                responseId, started, self._modelOf(body),
+                instructions if isinstance(instructions, str) else None,
+                maxOutput if isinstance(maxOutput, int) else None,
+                status, output, usage,
+            )
 
         def message(status: str, text: str | None) -> dict[str, Any]:
             content = [] if text is None else [
@@ -680,6 +662,38 @@ class DemoServer(MediaRoutes):
         if seconds > 0:
             await deferLater(self._clock, seconds)
         return _json(request, {"slept": seconds})
+
+
+def _responseObject(responseId: str, started: float, model: str, instructions: str | None,
+                    maxOutput: int | None, status: str, output: list[Any],
+                    usage: Any) -> dict[str, Any]:
+    """
+    @return: a Responses API C{response} object.
+    """
+    return {
+        "id": responseId,
+        "object": "response",
+        "created_at": int(started),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": instructions,
+        "max_output_tokens": maxOutput,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "metadata": {},
+    }
 
 
 class _Envelope(Resource):
