@@ -18,8 +18,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
@@ -120,7 +121,8 @@ class ConnectionCap(WrappingFactory):
     def open(self) -> int:
         return len(self.protocols)
 
-    def buildProtocol(self, addr: IAddress) -> Optional[IProtocol]:
+    # Past the cap the protocol is no ProtocolWrapper, hence the ignore.
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[IProtocol]:  # type: ignore[override]
         if self.open >= self.limit:
             self.refused += 1
             now = self.clock.seconds()
@@ -156,7 +158,7 @@ class HeadDeadlineChannel(HTTPChannel):
         self._cancelHeadTimer()
         super().allHeadersReceived()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelHeadTimer()
         super().connectionLost(reason)
 

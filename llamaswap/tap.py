@@ -18,7 +18,7 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -74,7 +74,7 @@ def _endpointPrefixes() -> set[str]:
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
     from twisted.plugin import getPlugins
 
-    prefixes = {name.lower() for name in endpoints._serverParsers}  # type: ignore[attr-defined]
+    prefixes = {name.lower() for name in endpoints._serverParsers}
     prefixes.update(p.prefix.lower() for p in getPlugins(IStreamServerEndpointStringParser))
     return prefixes
 
@@ -227,7 +227,8 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, value: str) -> None:
-        "host:port, :port or an endpoint description (tcp:, ssl:, unix:...); repeatable [default: 127.0.0.1:8080]."
+        "host:port, :port or an endpoint description (tcp:, ssl:, unix:...); "
+        "repeatable [default: 127.0.0.1:8080]."
         self["listen"].append(value)
 
     opt_l = opt_listen

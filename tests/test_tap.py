@@ -171,7 +171,7 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(
             StartupError, Options().parseOptions, ["--listen", f"ssl:0:privateKey={missing}"]
         )
-        self.assertIn(f"cannot read TLS", error.message)
+        self.assertIn("cannot read TLS", error.message)
 
 
 class PidfileTests(SynchronousTestCase):

@@ -27,7 +27,7 @@ def readMacros(sec: Section, errorPrefix: str) -> MacroList:
     @raise ConfigError: for an invalid name or value (the message starting
         with C{errorPrefix}).
     """
-    result = []
+    result: List[Tuple[str, Any]] = []
     for name, keyNode, valueNode in sec.entries():
         value = None if isNull(valueNode) else plain(valueNode, sec.childPath(name))
         problem = validateMacro(name, value)

@@ -223,10 +223,11 @@ class MediaRoutes(DemoBase):
         body = self._readJSON(request)
         query = self._requireText(body, "query")
         documents = body.get("documents")
-        texts = [documentText(d) for d in documents] if isinstance(documents, list) else None
-        if not texts or any(t is None for t in texts):
+        found = [documentText(d) for d in documents] if isinstance(documents, list) else None
+        if not found or any(t is None for t in found):
             raise DemoError(400, "'documents' must be a non-empty array of strings",
                             param="documents")
+        texts = [t for t in found if t is not None]
         topN = body.get("top_n")
         if topN is not None and (isinstance(topN, bool) or not isinstance(topN, int) or topN < 0):
             raise DemoError(400, "'top_n' must be a non-negative integer", param="top_n")

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 
 from llamaswap.demo.base import (
     MAX_BODY,
@@ -545,12 +546,12 @@ class DemoServer(MediaRoutes):
         gen, prompt = gens[0], prompts[0]
         stream = EventStream(request, self._clock)
         try:
-            firstAt = None
+            firstToken: float | None = None
             for i, token in enumerate(gen.tokens):
                 if i:
                     await stream.pace(self.settings.tokenDelay)
-                if firstAt is None:
-                    firstAt = self._clock.seconds()
+                if firstToken is None:
+                    firstToken = self._clock.seconds()
                 stream.send(sseData({
                     "index": 0, "content": token, "tokens": [], "stop": False,
                     "id_slot": 0, "tokens_predicted": i + 1,
@@ -561,7 +562,7 @@ class DemoServer(MediaRoutes):
             final = self._nativeResult(
                 gen, prompt, model, route,
                 _timings(gen.promptTokens, gen.completionTokens, started,
-                         started if firstAt is None else firstAt, self._clock.seconds()))
+                         started if firstToken is None else firstToken, self._clock.seconds()))
             final["content"] = ""
             stream.send(sseData(final))
         finally:
@@ -713,7 +714,7 @@ class _Envelope(Resource):
         self._model = server.settings.model.encode("utf-8")
         self._pid = str(server.pid).encode("ascii")
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         clock = self._clock
         started = clock.seconds()
         request.setHeader(b"x-demo-model", self._model)
