@@ -10,12 +10,13 @@ the web routes that read it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     Logger,
     LogLevel,
     PredicateResult,
@@ -64,7 +65,7 @@ class Observatory(Service):
     """
 
     log = Logger()
-    name = "observatory"
+    name = "observatory"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, config, reactor, gpuProbe=None, publisher=None,
                  shapeOwnLog: bool = False, systemProbe=None) -> None:
@@ -149,7 +150,7 @@ class Observatory(Service):
             return PredicateResult.no
 
         for original in list(getattr(self._publisher, "_observers", [])):
-            shaped = FilteringLogObserver(original, [wanted])
+            shaped = FilteringLogObserver(original, [cast(ILogFilterPredicate, wanted)])
             self._publisher.removeObserver(original)
             self._publisher.addObserver(shaped)
             self._shaped.append((original, shaped))

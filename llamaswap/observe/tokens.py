@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import deque
+import builtins
 from typing import Any, Callable, Iterable
 
 import attr
@@ -743,7 +744,7 @@ class ActivityLog:
             return record.asJSON()
         return record.asJSON(hasCapture=self.captures.has(record.id))
 
-    def listJSON(self) -> list[dict[str, Any]]:
+    def listJSON(self) -> builtins.list[dict[str, Any]]:
         """
         @return: C{GET /api/metrics}: every stored entry as JSON, oldest
             first (C{[]} when none).

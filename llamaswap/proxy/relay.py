@@ -10,10 +10,11 @@ upstream writes is written to the client as it arrives (no batching).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -207,7 +208,7 @@ class _BodyRelay(Protocol):
         if not self.isGone():
             self.request.write(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.registered and not self.isGone():
             self.request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -288,7 +289,7 @@ class RelayResource(Resource):
             # here too, so that the upstream stops generating whatever the
             # request's transport is.
             if relay and relay[0].transport is not None:
-                relay[0].transport.stopProducing()
+                cast(IPushProducer, relay[0].transport).stopProducing()
 
         request.notifyFinish().addErrback(clientGone)
         transport = getattr(request, "transport", None)
@@ -298,7 +299,7 @@ class RelayResource(Resource):
 
         headers = endToEnd(self.headers, REQUEST_DROP)
         if self.meter is not None and headers.hasHeader(b"accept-encoding"):
-            readable = filterAcceptEncoding(headers.getRawHeaders(b"accept-encoding")[0])
+            readable = filterAcceptEncoding((headers.getRawHeaders(b"accept-encoding") or [b""])[0])
             if readable:
                 headers.setRawHeaders(b"accept-encoding", [readable.encode("latin-1")])
             else:
@@ -309,6 +310,7 @@ class RelayResource(Resource):
             prior = headers.getRawHeaders(b"x-forwarded-for", [])
             value = b", ".join([*prior, host.encode("ascii")])
             headers.setRawHeaders(b"x-forwarded-for", [value])
+        producer: IBodyProducer | None
         if IBodyProducer.providedBy(self.body):
             producer = self.body
         elif self.body or self.method in (b"POST", b"PUT", b"PATCH"):
@@ -384,5 +386,5 @@ class RelayResource(Resource):
 
 
 class _Discard(Protocol):
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
+from typing import cast
+
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +46,7 @@ class _Discard(Protocol):
         Drop the connection (used when the probe times out mid-body).
         """
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 @implementer(IHealthProbe)
@@ -102,7 +105,7 @@ class HealthProbe:
             return False
 
         requested.addErrback(failed)
-        return requested
+        return cast("Deferred[bool]", requested)
 
     def _readBody(self, response: IResponse) -> Deferred[bool]:
         done: Deferred[None] = Deferred(lambda _: body.stop())

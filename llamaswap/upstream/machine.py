@@ -31,7 +31,7 @@ from automat import TypeMachineBuilder, pep614
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -329,7 +329,7 @@ class _Core:
     """
 
     model: ModelConfig
-    clock: object
+    clock: IReactorTime
     launcher: ILauncher
     probe: IHealthProbe
     healthCheckTimeout: float
@@ -736,7 +736,7 @@ class UpstreamMachine:
         self,
         model: ModelConfig,
         *,
-        reactor: object,
+        reactor: IReactorTime,
         launcher: ILauncher,
         probe: IHealthProbe,
         healthCheckTimeout: float,
