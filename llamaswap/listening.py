@@ -33,6 +33,10 @@ HEAD_DEADLINE = 30.0
 RESERVED_FILES = 256
 #: The automatic connection cap never exceeds this, whatever the limit.
 MAX_AUTO_CONNECTIONS = 65536
+#: Connections past the cap that may still ask for C{/health}.
+HEALTH_RESERVE = 16
+#: The paths a connection in the reserve may ask for.
+HEALTH_PATHS = (b"/health", b"/wol-health")
 
 
 def _jsonError(status: int, reason: str, message: str, kind: str) -> bytes:
@@ -97,17 +101,54 @@ class _Refuse(Protocol):
         self.transport.loseConnection()
 
 
+class _HealthOnly(ProtocolWrapper):
+    """
+    A connection past the cap but within the reserve: its first request is
+    served if it asks for C{/health} (with C{Connection: close}, so it is
+    the only one); anything else gets a 503 and the connection is closed.
+    A head that never ends is closed by the channel's idle timeout.
+    """
+
+    def __init__(self, factory: WrappingFactory, wrappedProtocol: IProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._head = b""
+        self._decided = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._decided:
+            super().dataReceived(data)
+            return
+        self._head += data
+        line, newline, rest = self._head.partition(b"\n")
+        if not newline and len(self._head) < 2048:
+            return
+        self._decided = True
+        words = line.split()
+        path = words[1].split(b"?", 1)[0] if len(words) >= 2 else b""
+        if path in HEALTH_PATHS:
+            super().dataReceived(line + b"\nConnection: close\r\n" + rest)
+            return
+        assert self.transport is not None
+        self.transport.write(TOO_MANY_CONNECTIONS)
+        self.transport.loseConnection()
+
+
 class ConnectionCap(WrappingFactory):
     """
-    Counts the client connections of every listener it wraps; past
-    C{limit}, a new connection is answered with a 503 and closed at once,
-    so it holds its file descriptor only for that moment.
+    Counts the client connections of every listener it wraps.  Past
+    C{limit}, L{HEALTH_RESERVE} more connections may still ask for
+    C{/health} (anything else is answered with a 503); past those, a new
+    connection is answered with a 503 and closed at once, so it holds its
+    file descriptor only for that moment.
 
     @ivar limit: the most client connections served at once.
+    @ivar reserve: how many past it may still ask for C{/health}.
     @ivar open: how many are open now.
+    @ivar refused: how many came past the cap so far.
     """
 
     protocol = ProtocolWrapper
+    reserve = HEALTH_RESERVE
     warnEvery = 10.0
 
     def __init__(self, wrappedFactory: IProtocolFactory, limit: int, clock: Any) -> None:
@@ -124,17 +165,26 @@ class ConnectionCap(WrappingFactory):
     # Past the cap the protocol is no ProtocolWrapper, hence the ignore.
     def buildProtocol(self, addr: Optional[IAddress]) -> Optional[IProtocol]:  # type: ignore[override]
         if self.open >= self.limit:
-            self.refused += 1
-            now = self.clock.seconds()
-            if self._lastWarning is None or now - self._lastWarning >= self.warnEvery:
-                self._lastWarning = now
-                log.warn(
-                    "refusing client connections: {open} open, the cap is {limit} "
-                    "(maxConnections); {refused} refused so far",
-                    open=self.open, limit=self.limit, refused=self.refused,
-                )
+            self._warn()
+            if self.open < self.limit + self.reserve:
+                return _HealthOnly(self, self.wrappedFactory.buildProtocol(addr))
             return _Refuse()
         return super().buildProtocol(addr)
+
+    def _warn(self) -> None:
+        """
+        Count a connection past the cap; log it at most every
+        C{warnEvery} seconds.
+        """
+        self.refused += 1
+        now = self.clock.seconds()
+        if self._lastWarning is None or now - self._lastWarning >= self.warnEvery:
+            self._lastWarning = now
+            log.warn(
+                "client connections past the cap: {open} open, the cap is {limit} "
+                "(maxConnections); {refused} past it so far (only /health is served)",
+                open=self.open, limit=self.limit, refused=self.refused,
+            )
 
 
 class HeadDeadlineChannel(HTTPChannel):

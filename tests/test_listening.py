@@ -101,6 +101,7 @@ class ConnectionCapTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.cap = ConnectionCap(makeSite(self.clock), 2, self.clock)
+        self.cap.reserve = 2
 
     def connect(self):
         protocol = self.cap.buildProtocol(ADDRESS)
@@ -108,16 +109,39 @@ class ConnectionCapTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
-    def test_pastTheCapAConnectionGetsA503AndIsClosed(self) -> None:
+    def test_pastTheCapOnlyHealthIsServed(self) -> None:
+        """
+        Past the cap, a connection of the reserve that asks for anything
+        but C{/health} gets a 503 and is closed; C{/health} is answered,
+        and the connection closed after it.
+        """
         self.connect()
         self.connect()
         self.assertEqual(self.cap.open, 2)
-        _, third = self.connect()
-        self.assertTrue(third.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
-        self.assertIn(b"too many client connections", third.value())
-        self.assertTrue(third.disconnecting)
-        self.assertEqual(self.cap.open, 2)
-        self.assertEqual(self.cap.refused, 1)
+        other, otherTransport = self.connect()
+        other.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(
+            otherTransport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"too many client connections", otherTransport.value())
+        self.assertTrue(otherTransport.disconnecting)
+        health, healthTransport = self.connect()
+        health.dataReceived(b"GET /heal")
+        self.assertEqual(healthTransport.value(), b"")
+        health.dataReceived(b"th HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        self.assertTrue(healthTransport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Connection: close", healthTransport.value())
+        self.assertTrue(healthTransport.value().endswith(b"OK"))
+        self.assertTrue(healthTransport.disconnecting)
+        self.assertEqual(self.cap.refused, 2)
+
+    def test_pastTheReserveAConnectionGetsA503AtOnce(self) -> None:
+        for _ in range(4):
+            self.connect()
+        self.assertEqual(self.cap.open, 4)
+        _, fifth = self.connect()
+        self.assertTrue(fifth.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertTrue(fifth.disconnecting)
+        self.assertEqual(self.cap.open, 4)
 
     def test_aClosedConnectionFreesItsPlace(self) -> None:
         first, _ = self.connect()
@@ -129,6 +153,13 @@ class ConnectionCapTests(SynchronousTestCase):
 
 
 class ListeningServiceTests(SynchronousTestCase):
+    def test_daemonTakesTheCapFromTheConfig(self) -> None:
+        from llamaswap.service import makeRootService
+
+        config = loadConfigText("maxConnections: 3\nmodels:\n  m: {cmd: 'srv --port ${PORT}'}\n")
+        root = makeRootService(config, MemoryReactorClock(), "tcp:0:interface=127.0.0.1")
+        self.assertEqual(root.getServiceNamed("web").factory.limit, 3)
+
     def test_everyListenerSharesOneCap(self) -> None:
         clock = MemoryReactorClock()
         service = listeningService(["tcp:0", "tcp:1"], makeSite(clock), clock, 7)
