@@ -227,8 +227,7 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, value: str) -> None:
-        "host:port, :port or an endpoint description (tcp:, ssl:, unix:...); "
-        "repeatable [default: 127.0.0.1:8080]."
+        """host:port, :port or an endpoint (tcp:, ssl:, unix:...); repeatable [default: 127.0.0.1:8080]"""
         self["listen"].append(value)
 
     opt_l = opt_listen
