@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The validated configuration: frozen L{attr.s} classes, built only by
 L{llamaswap.config.loader}.
