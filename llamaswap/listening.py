@@ -109,7 +109,7 @@ class _HealthOnly(ProtocolWrapper):
     A head that never ends is closed by the channel's idle timeout.
     """
 
-    def __init__(self, factory: WrappingFactory, wrappedProtocol: IProtocol) -> None:
+    def __init__(self, factory: Any, wrappedProtocol: IProtocol) -> None:
         super().__init__(factory, wrappedProtocol)
         self._head = b""
         self._decided = False
