@@ -47,7 +47,7 @@ def exchange(port: int, request: bytes) -> bytes:
 
 
 class LimitsTests(TestCase):
-    timeout = 60
+    timeout = 180
 
     async def listen(self, factory) -> int:
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
