@@ -166,7 +166,7 @@ class InitScriptTests(SynchronousTestCase):
         with open(self.logfile, errors="replace") as f:
             return f.read()
 
-    def test_startStatusReloadStop(self) -> None:
+    def test_startStatusReloadRestartStop(self) -> None:
         base = f"http://127.0.0.1:{self.port}"
         self.assertEqual(self.script("status")[0], 3)
 
@@ -193,11 +193,20 @@ class InitScriptTests(SynchronousTestCase):
             "model": "demo-small", "messages": [{"role": "user", "content": "again"}]})
         self.assertEqual(int(headers["x-demo-pid"]), upstream)
 
+        code, output = self.script("restart")
+        self.assertEqual(code, 0, output)
+        with open(self.pidfile) as f:
+            restarted = int(f.read())
+        self.assertNotEqual(restarted, daemon)
+        self.assertFalse(alive(daemon))
+        self.assertFalse(alive(upstream))
+        self.assertEqual(self.script("status")[0], 0)
+        waitFor(lambda: get(base + "/health")[2] == b"OK", what="/health after restart")
+
         code, output = self.script("stop")
         self.assertEqual(code, 0, output)
         self.assertEqual(self.script("status")[0], 3)
-        self.assertFalse(alive(daemon))
-        self.assertFalse(alive(upstream))
+        self.assertFalse(alive(restarted))
         self.assertFalse(os.path.exists(self.pidfile))
         self.assertEqual(self.script("reload")[0], 7)
         self.assertEqual(self.script("stop")[0], 0)  # stopped already: fine
