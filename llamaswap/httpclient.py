@@ -21,5 +21,5 @@ def quietPool(reactor, persistent: bool = True) -> HTTPConnectionPool:
     @return: an L{HTTPConnectionPool} whose connections are not logged.
     """
     pool = HTTPConnectionPool(reactor, persistent=persistent)
-    pool._factory = _QuietClientFactory  # type: ignore[attr-defined]
+    pool._factory = _QuietClientFactory
     return pool

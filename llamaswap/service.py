@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Sequence
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from llamaswap.config import loadConfig
 from llamaswap.memory.wiring import MemoryWiring
+from llamaswap.listening import listeningService
 from llamaswap.observe.observatory import Observatory
 from llamaswap.proxy.relay import UpstreamClients
 from llamaswap.reload import ReloadReport
@@ -223,7 +224,7 @@ class LlamaSwapService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, listen: str, launcher: Launcher | None = None,
+    def __init__(self, config, reactor, listen: str | Sequence[str], launcher: Launcher | None = None,
                  daemon: bool = False, configPath: str | None = None,
                  watchConfig: bool = False) -> None:
         super().__init__()
@@ -248,9 +249,8 @@ class LlamaSwapService(MultiService):
         self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
-        web = strports.service(listen, self.site, reactor=reactor)
-        web.setName("web")
-        web.setServiceParent(self)
+        listeningService(listen, self.site, reactor,
+                         config.maxConnections).setServiceParent(self)
         if daemon:
             _ReloadTriggers(self, watchConfig).setServiceParent(self)
             _ShutdownSignals(self).setServiceParent(self)
@@ -395,13 +395,14 @@ class LlamaSwapService(MultiService):
 
 
 def makeRootService(
-    config, reactor, listen: str, launcher: Launcher | None = None, daemon: bool = False,
+    config, reactor, listen: str | Sequence[str], launcher: Launcher | None = None,
+    daemon: bool = False,
     configPath: str | None = None, watchConfig: bool = False,
 ) -> LlamaSwapService:
     """
     @param config: a validated L{llamaswap.config.Config}.
     @param reactor: the reactor everything runs on.
-    @param listen: a Twisted server endpoint description.
+    @param listen: a Twisted server endpoint description, or several.
     @param launcher: spawns upstream processes (a real L{Launcher} unless
         given).
     @param daemon: this is the process's own llamaswap (run by twistd):

@@ -12,6 +12,10 @@ Processes (cf. C{twisted/runner/test/test_procmon.py} C{DummyProcessReactor}):
     - L{FakeLauncher}: an C{ILauncher} that records spawns and group signals
       and lets the test decide whether a group is alive.
 
+TLS:
+    - L{writeCertificate}: a self-signed certificate and its key, as PEM
+      files, for C{--tls-cert-file}/C{--tls-key-file}.
+
 Upstreams:
     - L{FakeProbe}: an C{IHealthProbe} whose answers the test fires.
     - L{StubModelConfig}: the attributes of C{llamaswap.config.ModelConfig}
@@ -325,3 +329,55 @@ def inlineThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
     from twisted.internet.defer import maybeDeferred
 
     return maybeDeferred(f, *args, **kwargs)
+
+
+def writeCertificate(directory: str, name: str = "localhost") -> tuple[str, str]:
+    """
+    Write a fresh self-signed certificate for C{name} (and 127.0.0.1) and
+    its private key into C{directory}.
+
+    @return: the paths of the certificate and the key files.
+    """
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    certPath = os.path.join(directory, f"{name}.crt")
+    keyPath = os.path.join(directory, f"{name}.key")
+    with open(certPath, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(keyPath, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return certPath, keyPath

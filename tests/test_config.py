@@ -329,7 +329,7 @@ class PerformanceTests(ConfigTestCase):
         C{enable:} (as in the reference's example file) is an unknown key.
         """
         config = load("performance: {enable: true}")
-        self.assertEqual(config.warnings, ("performance.enable: unknown key (ignored)",))
+        self.assertEqual(config.warnings, ("performance.enable: unknown key (line 1)",))
 
 
 class TypeErrorTests(ConfigTestCase):
@@ -476,7 +476,9 @@ class YAMLTests(ConfigTestCase):
 class WarningTests(ConfigTestCase):
     def test_unknownTopLevelKeyIsAWarning(self) -> None:
         config = load("healthCheckTimout: 30\n")
-        self.assertEqual(config.warnings, ("healthCheckTimout: unknown key (ignored)",))
+        self.assertEqual(config.warnings, (
+            "healthCheckTimout: unknown key (line 1); did you mean healthCheckTimeout?",
+        ))
         self.assertEqual(config.healthCheckTimeout, 120)
 
     def test_unknownModelKeyIsAWarning(self) -> None:
@@ -488,7 +490,7 @@ class WarningTests(ConfigTestCase):
                 cmd: srv --port ${PORT}
             """
         )
-        self.assertEqual(config.warnings, ("models.qwen.cmdd: unknown key (ignored)",))
+        self.assertEqual(config.warnings, ("models.qwen.cmdd: unknown key (line 3)",))
 
     def test_unknownNestedKeysAreWarnings(self) -> None:
         config = load(
@@ -511,14 +513,49 @@ class WarningTests(ConfigTestCase):
             sorted(config.warnings),
             sorted(
                 [
-                    "models.m.filters.stripParam: unknown key (ignored)",
-                    "models.m.timeouts.conect: unknown key (ignored)",
-                    "groups.g.exclusiv: unknown key (ignored)",
-                    "hooks.on_start: unknown key (ignored)",
-                    "hooks.on_startup.preloads: unknown key (ignored)",
-                    "peers.p.api_key: unknown key (ignored)",
-                    "peers.p.timeouts.idle: unknown key (ignored)",
+                    "models.m.filters.stripParam: unknown key (line 4); did you mean stripParams?",
+                    "models.m.timeouts.conect: unknown key (line 5); did you mean connect?",
+                    "groups.g.exclusiv: unknown key (line 7); did you mean exclusive?",
+                    "hooks.on_start: unknown key (line 9)",
+                    "hooks.on_startup.preloads: unknown key (line 10); did you mean preload?",
+                    "peers.p.api_key: unknown key (line 12); did you mean apiKey?",
+                    "peers.p.timeouts.idle: unknown key (line 12); did you mean idleConn?",
                 ]
+            ),
+        )
+
+    def test_misspeltKeyNamesTheKeyMeant(self) -> None:
+        """
+        An unknown key close to a known one that the mapping lacks names it.
+        """
+        config = load(
+            """
+            models:
+              m:
+                cmd: srv --port ${PORT}
+                ttll: 60
+            """
+        )
+        self.assertEqual(
+            config.warnings, ("models.m.ttll: unknown key (line 4); did you mean ttl?",)
+        )
+        self.assertEqual(config.models["m"].ttl, 0)
+
+    def test_unknownKeyNearAKeyPresentSuggestsNothing(self) -> None:
+        """
+        A key the mapping already has is never the suggestion: C{ttl} and
+        C{ttll} side by side is a stray key, not a misspelling.
+        """
+        config = load("models:\n  m:\n    cmd: srv --port ${PORT}\n    ttl: 5\n    ttll: 6\n")
+        self.assertEqual(config.warnings, ("models.m.ttll: unknown key (line 5)",))
+
+    def test_suggestionIgnoresCaseAndUnderscores(self) -> None:
+        config = load("Loglevel: debug\nmax_request_body_mb: 3\n")
+        self.assertEqual(
+            config.warnings,
+            (
+                "Loglevel: unknown key (line 1); did you mean logLevel?",
+                "max_request_body_mb: unknown key (line 2); did you mean maxRequestBodyMB?",
             ),
         )
 
@@ -533,7 +570,7 @@ class WarningTests(ConfigTestCase):
               solver: greedy
             """
         )
-        self.assertEqual(config.warnings, ("matrix.solver: unknown key (ignored)",))
+        self.assertEqual(config.warnings, ("matrix.solver: unknown key (line 6)",))
 
     def test_profilesGiveTheReferenceWarning(self) -> None:
         config = load("profiles:\n  p: [a, b]\n")
@@ -593,13 +630,39 @@ class ModelTests(ConfigTestCase):
             ),
         )
 
-    def test_nullModelGetsDefaultsAndNeedsProxy(self) -> None:
+    def test_modelWithoutCmdSaysCmdIsRequired(self) -> None:
         """
-        A model with no keys has no cmd, so the default proxy's C{${PORT}} is
-        an error, reported on the model's line.
+        A model with no keys has no cmd: that is the error, reported on the
+        model's line (not the default proxy's C{${PORT}}).
         """
+        error = self.assertConfigError("models:\n  m:\n", "models.m.cmd", "cmd is required", 2)
+        self.assertEqual(str(error), "models.m.cmd: model m: cmd is required (line 2)")
+        self.assertNotIn("PORT", str(error))
+
+    def test_emptyCmdSaysCmdIsRequired(self) -> None:
         self.assertConfigError(
-            "models:\n  m:\n", "models.m.proxy", "proxy uses ${PORT} but cmd does not", 2
+            "models:\n  m:\n    ttl: 5\n    cmd: ''\n", "models.m.cmd", "cmd is required", 4
+        )
+
+    def test_cmdOfCommentsOnlyIsRequiredToo(self) -> None:
+        self.assertConfigError(
+            "models:\n  m:\n    cmd: |\n      # srv --port ${PORT}\n",
+            "models.m.cmd",
+            "cmd is required",
+            3,
+        )
+
+    def test_modelWithFixedProxyAndNoCmdLoadsWithAWarning(self) -> None:
+        """
+        With a proxy of its own a model without cmd loads, as in the
+        reference (starting it fails with C{empty command}), but it is
+        reported.
+        """
+        config = load("models:\n  m:\n    proxy: http://127.0.0.1:9000\n")
+        self.assertEqual(config.models["m"].argv, ())
+        self.assertEqual(
+            config.warnings,
+            ("models.m.cmd: model m has no cmd (line 2); starting it will fail",),
         )
 
     def test_modelIdsMayContainSlash(self) -> None:

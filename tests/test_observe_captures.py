@@ -161,8 +161,10 @@ class PathRuleTests(SynchronousTestCase):
         return store.get(0)
 
     def test_recordedParts(self):
-        parts = lambda body: tuple(body[k] is not None for k in
-                                   ("req_headers", "req_body", "resp_headers", "resp_body"))
+        def parts(body):
+            return tuple(body[k] is not None for k in
+                         ("req_headers", "req_body", "resp_headers", "resp_body"))
+
         self.assertEqual(parts(self.record("/v1/audio/speech")), (True, True, True, False))
         self.assertEqual(parts(self.record("/v1/audio/transcriptions")), (True, False, True, True))
         self.assertEqual(parts(self.record("/v1/images/generations")), (True, True, True, False))

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The llamaswap configuration file: loading, validation and the frozen model
 of it (SPEC.md section 2).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 Go-style durations (C{5s}, C{1m30s}, C{500ms}), as the reference's
 C{performance.every} is written and printed.

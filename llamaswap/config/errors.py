@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The one exception the configuration loader raises.
 """

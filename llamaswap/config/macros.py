@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 Macros: C{${env.NAME}} substitution in the raw text, validation of macro
 names and values, and substitution of C{${name}} in model and peer fields

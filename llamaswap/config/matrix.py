@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_matrix_dsl,tests.test_config -*-
 """
 The matrix set DSL (SPEC.md section 2.6): tokenizer, parser, expander and the
 expansion of a whole C{sets} block.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The validated configuration: frozen L{attr.s} classes, built only by
 L{llamaswap.config.loader}.
@@ -282,6 +283,9 @@ class Config:
     @ivar shutdownTimeout: seconds a shutdown (SIGTERM) lets requests in
         flight, and requests waiting for a model, finish before every
         upstream is stopped (llamaswap's own key).
+    @ivar maxConnections: the cap on concurrent client connections, over
+        every listener; C{0} derives it from the open-files limit at start
+        (llamaswap's own key).
     @ivar warnings: unknown keys and other things worth logging at load.
     """
 
@@ -300,6 +304,7 @@ class Config:
     includeAliasesInList: bool = False
     maxRequestBodyMB: int = 64
     maxQueueWait: int = 30
+    maxConnections: int = 0
     macros: MacroList = ()
     models: Dict[str, ModelConfig] = attr.Factory(dict)
     swap: Union[GroupsConfig, MatrixConfig] = attr.Factory(

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 Reading composed YAML nodes with key paths, line numbers and type checks.
 
@@ -9,6 +10,8 @@ strings, not booleans, sexagesimal integers or dates.
 
 from __future__ import annotations
 
+import builtins
+import difflib
 import json
 import math
 import re
@@ -29,7 +32,7 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+class Loader(_BaseLoader):
     """
     A safe loader resolving plain scalars by the YAML 1.2 core schema (plus
     merge keys and C{_} digit separators in integers).
@@ -135,7 +138,7 @@ def _parseFloat(text: str) -> float:
     return float(text.replace("_", ""))
 
 
-def scalarValue(node: ScalarNode) -> Any:
+def scalarValue(node: Node) -> Any:
     """
     @return: the Python value of a scalar node: L{None}, L{bool}, L{int},
         L{float} or L{str}.  A value that does not parse as its explicit tag
@@ -265,6 +268,20 @@ def nodeAt(node: Optional[Node], parts: List[Any]) -> Optional[Node]:
     return node
 
 
+def _fold(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def closestKey(key: str, known: List[str]) -> Optional[str]:
+    """
+    @return: the key of C{known} that C{key} most likely misspells (case,
+        C{_} and C{-} aside), or L{None} when none is close.
+    """
+    folded = {_fold(k): k for k in reversed(known)}
+    matches = difflib.get_close_matches(_fold(key), list(folded), n=1, cutoff=0.6)
+    return folded[matches[0]] if matches else None
+
+
 class Section:
     """
     A mapping being read: typed getters that know each value's key path and
@@ -376,7 +393,7 @@ class Section:
             return bool(scalarValue(node))
         raise self.error(key, f"expected boolean, got {describe(node)}", node)
 
-    def str(self, key: str, default: str) -> str:
+    def str(self, key: builtins.str, default: builtins.str) -> builtins.str:
         """
         @return: the text of the scalar at C{key} (any scalar, as written),
             or C{default}.
@@ -388,7 +405,7 @@ class Section:
             return str(node.value)
         raise self.error(key, f"expected a string, got {describe(node)}", node)
 
-    def strList(self, key: str) -> Tuple[Tuple[str, Node], ...]:
+    def strList(self, key: builtins.str) -> Tuple[Tuple[builtins.str, Node], ...]:
         """
         @return: the C{(text, node)} items of the list of scalars at C{key};
             empty when absent.
@@ -409,7 +426,7 @@ class Section:
             items.append(("" if isNull(item) else str(item.value), item))
         return tuple(items)
 
-    def section(self, key: str) -> "Section":
+    def section(self, key: builtins.str) -> "Section":
         """
         @return: the L{Section} of the mapping at C{key} (empty when absent
             or null).
@@ -419,7 +436,14 @@ class Section:
             raise self.error(key, f"expected a mapping, got {describe(node)}", node)
         return Section(node, self.childPath(key), self._warnings, self.keyNode(key))
 
-    def entries(self) -> Iterator[Tuple[str, Node, Node]]:
+    def entrySection(self, key: builtins.str, keyNode: Node, valueNode: Node) -> "Section":
+        """
+        @return: the L{Section} of the mapping C{valueNode} that L{entries}
+            gave for C{key}.
+        """
+        return Section(valueNode, self.childPath(key), self._warnings, keyNode)
+
+    def entries(self) -> Iterator[Tuple[builtins.str, Node, Node]]:
         """
         Iterate over every C{(key, keyNode, valueNode)} in file order (null
         values included as nodes), marking them all as known.
@@ -428,7 +452,7 @@ class Section:
             self._used.add(key)
             yield key, keyNode, valueNode
 
-    def plainMapping(self, key: str) -> Tuple[Dict[str, Any], Optional[Node]]:
+    def plainMapping(self, key: builtins.str) -> Tuple[Dict[builtins.str, Any], Optional[Node]]:
         """
         @return: the mapping at C{key} as plain data, and its node.
         """
@@ -443,6 +467,12 @@ class Section:
         """
         Report every key not read as unknown.
         """
-        for key in self._entries:
-            if key not in self._used:
-                self._warnings.append(f"{self.childPath(key)}: unknown key (ignored)")
+        known = sorted(self._used - set(self._entries))
+        for key, (keyNode, _) in self._entries.items():
+            if key in self._used:
+                continue
+            warning = f"{self.childPath(key)}: unknown key (line {line(keyNode)})"
+            meant = closestKey(key, known)
+            if meant is not None:
+                warning += f"; did you mean {meant}?"
+            self._warnings.append(warning)

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import struct
 import zlib
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import attr
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -107,7 +107,7 @@ class Form:
         return None
 
 
-def readForm(content, contentType: bytes | str | None) -> Form:
+def readForm(content: IO[bytes] | None, contentType: bytes | str | None) -> Form:
     """
     Decode a C{multipart/form-data} body from a file, a chunk at a time,
     hashing file parts as they stream past.

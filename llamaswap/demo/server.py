@@ -12,33 +12,29 @@ L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
-import uuid
 from typing import Any, Sequence
 
-import attr
-from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from twisted.web.server import Request
 
-from llamaswap.demo.media import (
-    SPEECH_TYPES,
-    Form,
-    FormError,
-    documentText,
-    rankDocuments,
-    readForm,
-    speechAudio,
-    tinyPNGBase64,
+from llamaswap.demo.base import (
+    MAX_BODY,
+    MAX_STREAM_CHUNKS,
+    MAX_STREAM_PAD,
+    DemoError,
+    DemoSettings,
+    _HEALTH_PATHS,
+    _json,
+    _newId,
+    _timings,
 )
+from llamaswap.demo.mediaroutes import MediaRoutes
 from llamaswap.demo.stream import SSE_DONE, EventStream, sseData, sseEvent
 from llamaswap.demo.text import (
     Generation,
@@ -49,134 +45,23 @@ from llamaswap.demo.text import (
     promptOfMessages,
 )
 
-#: Request bodies larger than this are refused with 413.
-MAX_BODY = 16 * 1024 * 1024
-
-#: Caps on C{/debug/stream} parameters, so a typo cannot exhaust memory.
-MAX_STREAM_CHUNKS = 10_000_000
-MAX_STREAM_PAD = 16 * 1024 * 1024
-
-_HEALTH_PATHS = (b"/health", b"/v1/health")
+__all__ = ["DemoServer", "DemoSettings", "DemoError", "MAX_BODY"]
 
 
-@attr.s(frozen=True, auto_attribs=True)
-class DemoSettings:
-    """
-    What the demo server pretends to be.
-
-    @ivar model: The model name reported by C{/v1/models}, in the
-        C{X-Demo-Model} header, and in responses whose request names none.
-    @ivar tokens: How many tokens a completion has unless the request asks
-        for fewer.
-    @ivar tokenDelay: Seconds each token takes; streamed events are this far
-        apart.
-    @ivar startupDelay: Seconds after start during which the server is
-        "loading" (503 everywhere).
-    @ivar failHealth: Make C{/health} always answer 500.
-    """
-
-    model: str = "demo"
-    tokens: int = 16
-    tokenDelay: float = 0.0
-    startupDelay: float = 0.0
-    failHealth: bool = False
-
-
-class DemoError(Exception):
-    """
-    An expected failure, answered as a JSON error with an HTTP status.
-
-    @ivar code: The HTTP status.
-    @ivar message: Human-readable text.
-    @ivar kind: The error C{type} (C{invalid_request_error}, ...).
-    @ivar param: The offending request field, if any.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-        self.kind = kind
-        self.param = param
-
-
-def _json(request: IRequest, obj: Any, code: int = 200) -> bytes:
-    """
-    Set the status and JSON content type; return the encoded body.
-    """
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    request.setHeader(b"content-length", b"%d" % (len(body),))
-    return body
-
-
-def _newId(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
-
-
-def _perSecond(count: int, ms: float) -> float:
-    return count / (ms / 1000.0) if ms > 0 else 0.0
-
-
-def _timings(promptTokens: int, predictedTokens: int, started: float,
-             firstAt: float, doneAt: float) -> dict[str, Any]:
-    """
-    llama-server style C{timings}: the prompt phase runs from the request's
-    arrival to the first token, the predicted phase from there to the end.
-    """
-    promptMs = max(0.0, firstAt - started) * 1000.0
-    predictedMs = max(0.0, doneAt - firstAt) * 1000.0
-    return {
-        "prompt_n": promptTokens,
-        "prompt_ms": promptMs,
-        "prompt_per_token_ms": promptMs / promptTokens if promptTokens else 0.0,
-        "prompt_per_second": _perSecond(promptTokens, promptMs),
-        "predicted_n": predictedTokens,
-        "predicted_ms": predictedMs,
-        "predicted_per_token_ms": predictedMs / predictedTokens if predictedTokens else 0.0,
-        "predicted_per_second": _perSecond(predictedTokens, predictedMs),
-    }
-
-
-class DemoServer:
+class DemoServer(MediaRoutes):
     """
     The demo inference server.  L{resource} is what a L{twisted.web.server.Site}
-    serves.
+    serves.  Its routes: here the health, models and text ones (OpenAI,
+    Anthropic, llama-server's native ones and debugging aids); audio, images
+    and the rest in L{MediaRoutes}; the helpers they share in
+    L{llamaswap.demo.base.DemoBase}.
 
     Every handler that waits (token delays, C{/debug/slow}) waits on the
     injected clock, and Klein cancels that wait when the client disconnects,
     so a gone client leaves no timer behind.
     """
 
-    app = Klein()
-    # Exact paths only: no trailing-slash or double-slash redirects.
-    app.url_map.strict_slashes = False
-    app.url_map.merge_slashes = False
-    log = Logger(namespace="llamaswap.demo")
-
-    def __init__(
-        self,
-        settings: DemoSettings,
-        clock: IReactorTime,
-        pid: int | None = None,
-    ) -> None:
-        """
-        @param settings: What to pretend to be.
-        @param clock: The reactor (or a L{twisted.internet.task.Clock} in
-            tests); start-up time is taken from it now.
-        @param pid: What C{X-Demo-Pid} reports; defaults to this process's.
-        """
-        self.settings = settings
-        self._clock = clock
-        self._startedAt = clock.seconds()
-        self.pid = os.getpid() if pid is None else pid
+    app = MediaRoutes.app
 
     def resource(self) -> IResource:
         """
@@ -185,133 +70,6 @@ class DemoServer:
         every route but C{/health} answers 503 while loading.
         """
         return _Envelope(self, self.app.resource(), self._clock)
-
-    def loading(self) -> bool:
-        """
-        Whether the pretend model is still loading (C{--startup-delay}).
-        """
-        return self._clock.seconds() < self._startedAt + self.settings.startupDelay
-
-    # ------------------------------------------------------------------
-    # Errors: one place, JSON everywhere.
-
-    def _error(self, request: IRequest, code: int, message: str, kind: str,
-               param: str | None = None) -> bytes:
-        if request.path.startswith((b"/v1/messages", b"/messages")):
-            return _json(request, {
-                "type": "error", "error": {"type": kind, "message": message}}, code)
-        error: dict[str, Any] = {"message": message, "type": kind}
-        if param is not None:
-            error["param"] = param
-        return _json(request, {"error": error}, code)
-
-    @app.handle_errors(DemoError)
-    def _demoError(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        return self._error(request, e.code, e.message, e.kind, e.param)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return self._error(request, 404, f"Not found: {path}", "not_found")
-
-    @app.handle_errors(MethodNotAllowed)
-    def _methodNotAllowed(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = sorted(failure.value.valid_methods or ())
-        if allowed:
-            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        method = request.method.decode("ascii", "replace")
-        return self._error(request, 405, f"Method {method} not allowed", "method_not_allowed")
-
-    @app.handle_errors(HTTPException)
-    def _httpError(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        return self._error(request, e.code or 500, e.description or e.name, "http_error")
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self.log.failure("Unhandled error answering {path}", failure,
-                         path=request.path.decode("utf-8", "replace"))
-        return self._error(request, 500, "Internal error", "server_error")
-
-    # ------------------------------------------------------------------
-    # Request helpers.
-
-    def _readJSON(self, request: IRequest) -> dict[str, Any]:
-        """
-        Parse the request body as a JSON object.
-
-        @raise DemoError: 413 when too large, 400 when not a JSON object.
-        """
-        content = request.content
-        raw = content.read(MAX_BODY + 1) if content is not None else b""
-        if len(raw) > MAX_BODY:
-            raise DemoError(413, f"Request body larger than {MAX_BODY} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise DemoError(400, f"Invalid JSON body: {e}") from None
-        if not isinstance(body, dict):
-            raise DemoError(400, "Request body must be a JSON object")
-        return body
-
-    def _modelOf(self, body: dict[str, Any]) -> str:
-        model = body.get("model")
-        return model if isinstance(model, str) and model else self.settings.model
-
-    @staticmethod
-    def _limit(body: dict[str, Any], *keys: str) -> int | None:
-        """
-        The smallest non-negative token limit among C{keys}; L{None} when
-        there is none (a negative value means unlimited, like llama-server's
-        C{-1}).
-        """
-        limits = []
-        for key in keys:
-            value = body.get(key)
-            if value is None:
-                continue
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise DemoError(400, f"'{key}' must be an integer", param=key)
-            if value >= 0:
-                limits.append(value)
-        return min(limits) if limits else None
-
-    @staticmethod
-    def _streamed(body: dict[str, Any]) -> bool:
-        return body.get("stream") is True
-
-    @staticmethod
-    def _includeUsage(body: dict[str, Any]) -> bool:
-        options = body.get("stream_options")
-        return isinstance(options, dict) and options.get("include_usage") is True
-
-    @staticmethod
-    def _queryFloat(request: IRequest, name: bytes, default: float,
-                    low: float, high: float) -> float:
-        values = request.args.get(name)
-        if not values:
-            return default
-        try:
-            value = float(values[0])
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise DemoError(400, f"'{name.decode()}' must be a number in [{low:g}, {high:g}]",
-                            param=name.decode())
-        return value
-
-    async def _think(self, tokens: int) -> None:
-        """
-        Wait as long as generating C{tokens} tokens takes (for non-streamed
-        responses): completes with L{None} after C{tokens * tokenDelay}
-        seconds on the clock.
-        """
-        delay = tokens * self.settings.tokenDelay
-        if delay > 0:
-            await deferLater(self._clock, delay)
 
     # ------------------------------------------------------------------
     # Health and models.
@@ -600,30 +358,12 @@ class DemoServer:
         maxOutput = body.get("max_output_tokens")
 
         def response(status: str, output: list[Any], usage: Any) -> dict[str, Any]:
-            return {
-                "id": responseId,
-                "object": "response",
-                "created_at": int(started),
-                "status": status,
-                "error": None,
-                "incomplete_details": None,
-                "instructions": instructions if isinstance(instructions, str) else None,
-                "max_output_tokens": maxOutput if isinstance(maxOutput, int) else None,
-                "model": self._modelOf(body),
-                "output": output,
-                "parallel_tool_calls": True,
-                "previous_response_id": None,
-                "reasoning": {"effort": None, "summary": None},
-                "store": False,
-                "temperature": 1.0,
-                "text": {"format": {"type": "text"}},
-                "tool_choice": "auto",
-                "tools": [],
-                "top_p": 1.0,
-                "truncation": "disabled",
-                "usage": usage,
-                "metadata": {},
-            }
+            return _responseObject(
+                responseId, started, self._modelOf(body),
+                instructions if isinstance(instructions, str) else None,
+                maxOutput if isinstance(maxOutput, int) else None,
+                status, output, usage,
+            )
 
         def message(status: str, text: str | None) -> dict[str, Any]:
             content = [] if text is None else [
@@ -755,253 +495,7 @@ class DemoServer:
         return _json(request, {"input_tokens": countTokens(self._anthropicPrompt(body))})
 
     # ------------------------------------------------------------------
-    # The other model-dispatched routes of llama-swap (SPEC.md section
-    # 3.4): audio, images, rerank, llama-server's native completion and
-    # infill, and stable-diffusion.cpp's SD API.  Each names itself in
-    # X-Demo-Route (and "route" in JSON bodies) and echoes the model it
-    # received in X-Demo-Request-Model (and "model").
-
-    def _tag(self, request: IRequest, route: str, model: str) -> None:
-        """
-        Name the route that answered and the model it received.
-        """
-        request.setHeader(b"x-demo-route", route.encode("utf-8"))
-        request.setHeader(b"x-demo-request-model", model.encode("utf-8", "replace"))
-
-    def _readForm(self, request: IRequest) -> Form:
-        """
-        Decode a multipart form body (file parts are hashed, not kept).
-
-        @raise DemoError: 400 when it is not a well-formed form.
-        """
-        try:
-            return readForm(request.content, request.getHeader(b"content-type"))
-        except FormError as e:
-            raise DemoError(400, str(e)) from None
-
-    @staticmethod
-    def _requireText(body: dict[str, Any], key: str) -> str:
-        value = body.get(key)
-        if not isinstance(value, str):
-            raise DemoError(400, f"'{key}' is required and must be a string", param=key)
-        return value
-
-    @staticmethod
-    def _count(body: dict[str, Any], key: str, default: int, high: int) -> int:
-        value = body.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise DemoError(400, f"'{key}' must be an integer in [1, {high}]", param=key)
-        return value
-
-    @app.route("/v1/audio/speech", methods=["POST"], endpoint="speech")
-    def speech(self, request: IRequest) -> bytes:
-        """
-        OpenAI text to speech: a few bytes of (fake) audio, typed by
-        C{response_format} (C{audio/mpeg} for the default C{mp3}).
-        """
-        body = self._readJSON(request)
-        text = self._requireText(body, "input")
-        voice = body.get("voice", "alloy")
-        fmt = body.get("response_format", "mp3")
-        if fmt not in SPEECH_TYPES:
-            raise DemoError(400, "'response_format' must be one of " + ", ".join(SPEECH_TYPES),
-                            param="response_format")
-        model = self._modelOf(body)
-        self._tag(request, "/v1/audio/speech", model)
-        audio = speechAudio(model, str(voice), text, fmt)
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", SPEECH_TYPES[fmt].encode("ascii"))
-        request.setHeader(b"content-length", b"%d" % (len(audio),))
-        return audio
-
-    @app.route("/v1/audio/voices", methods=["GET", "POST"], endpoint="voices")
-    def voices(self, request: IRequest) -> bytes:
-        """
-        The voices of a text-to-speech model: C{GET ?model=} or C{POST}
-        with a JSON body naming the model.
-        """
-        if request.method == b"POST":
-            model = self._modelOf(self._readJSON(request))
-        else:
-            values = request.args.get(b"model") or [b""]
-            model = values[0].decode("utf-8", "replace") or self.settings.model
-        self._tag(request, "/v1/audio/voices", model)
-        return _json(request, {
-            "object": "list",
-            "voices": ["alloy", "echo", "fable", "nova"],
-            "model": model,
-            "route": "/v1/audio/voices",
-        })
-
-    @app.route("/v1/audio/transcriptions", methods=["POST"], endpoint="transcriptions")
-    async def transcriptions(self, request: IRequest) -> bytes | None:
-        """
-        OpenAI speech to text, from a multipart form with a C{file}: the
-        "transcription" names the file, and the answer carries the file's
-        size and SHA-256 (C{file_bytes}, C{file_sha256}) so that tests can
-        check it arrived byte for byte.  C{response_format} C{json}
-        (default), C{verbose_json}, C{text}, C{srt} or C{vtt};
-        C{stream=true} streams C{transcript.text.delta} events.
-
-        @return: (a coroutine that completes with) the body, or L{None}
-            once a streamed response has been written.
-        """
-        form = self._readForm(request)
-        upload = form.file("file")
-        if upload is None:
-            raise DemoError(400, "'file' is required", param="file")
-        model = form.first("model") or self.settings.model
-        self._tag(request, "/v1/audio/transcriptions", model)
-        gen = generate(f"transcribe {upload.sha256}", self.settings.tokens, None)
-        text = gen.text.strip()
-        fmt = form.first("response_format", "json")
-        if form.first("stream") == "true":
-            stream = EventStream(request, self._clock)
-            try:
-                for i, token in enumerate(gen.tokens):
-                    if i:
-                        await stream.pace(self.settings.tokenDelay)
-                    stream.send(sseData({"type": "transcript.text.delta", "delta": token}))
-                stream.send(sseData({"type": "transcript.text.done", "text": text}))
-            finally:
-                stream.close()
-            return None
-        await self._think(gen.completionTokens)
-        if fmt in ("text", "srt", "vtt"):
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return (text + "\n").encode("utf-8")
-        if fmt not in ("json", "verbose_json"):
-            raise DemoError(400, "'response_format' must be json, verbose_json, text, srt or vtt",
-                            param="response_format")
-        fields = {name: values[0] for name, values in form.fields.items()}
-        result: dict[str, Any] = {
-            "text": text,
-            "model": model,
-            "route": "/v1/audio/transcriptions",
-            "filename": upload.filename,
-            "file_bytes": upload.size,
-            "file_sha256": upload.sha256,
-            "fields": fields,
-            "usage": {"type": "duration", "seconds": max(1, upload.size // 16000)},
-        }
-        if fmt == "verbose_json":
-            result.update({
-                "task": "transcribe",
-                "language": form.first("language", "english"),
-                "duration": float(max(1, upload.size // 16000)),
-                "segments": [],
-            })
-        return _json(request, result)
-
-    def _images(self, prompt: str, count: int, fmt: str) -> list[dict[str, Any]]:
-        data = []
-        for i in range(count):
-            png = tinyPNGBase64(f"{prompt}#{i}")
-            if fmt == "url":
-                data.append({"url": "data:image/png;base64," + png, "revised_prompt": prompt})
-            else:
-                data.append({"b64_json": png, "revised_prompt": prompt})
-        return data
-
-    @staticmethod
-    def _imageFormat(value: Any) -> str:
-        fmt = value if value is not None else "b64_json"
-        if fmt not in ("b64_json", "url"):
-            raise DemoError(400, "'response_format' must be 'b64_json' or 'url'",
-                            param="response_format")
-        return fmt
-
-    @app.route("/v1/images/generations", methods=["POST"], endpoint="image_generations")
-    def imageGenerations(self, request: IRequest) -> bytes:
-        """
-        OpenAI image generation: C{n} tiny PNGs whose colour depends on the
-        prompt, as C{b64_json} (default) or data URLs.
-        """
-        body = self._readJSON(request)
-        prompt = self._requireText(body, "prompt")
-        count = self._count(body, "n", 1, 10)
-        fmt = self._imageFormat(body.get("response_format"))
-        model = self._modelOf(body)
-        self._tag(request, "/v1/images/generations", model)
-        return _json(request, {
-            "created": int(self._clock.seconds()),
-            "data": self._images(prompt, count, fmt),
-            "model": model,
-            "route": "/v1/images/generations",
-        })
-
-    @app.route("/v1/images/edits", methods=["POST"], endpoint="image_edits")
-    def imageEdits(self, request: IRequest) -> bytes:
-        """
-        OpenAI image edit, from a multipart form with an C{image} (or
-        C{image[]}) file: the generation shape, plus the size and SHA-256
-        of the first image (C{file_bytes}, C{file_sha256}) and a
-        description of every file part (C{files}).
-        """
-        form = self._readForm(request)
-        image = form.file("image", "image[]")
-        if image is None:
-            raise DemoError(400, "'image' is required", param="image")
-        prompt = form.first("prompt")
-        if prompt is None:
-            raise DemoError(400, "'prompt' is required", param="prompt")
-        try:
-            count = int(form.first("n", "1") or "1")
-        except ValueError:
-            count = 0
-        if not 1 <= count <= 10:
-            raise DemoError(400, "'n' must be an integer in [1, 10]", param="n")
-        fmt = self._imageFormat(form.first("response_format"))
-        model = form.first("model") or self.settings.model
-        self._tag(request, "/v1/images/edits", model)
-        return _json(request, {
-            "created": int(self._clock.seconds()),
-            "data": self._images(f"{prompt}|{image.sha256}", count, fmt),
-            "model": model,
-            "route": "/v1/images/edits",
-            "file_bytes": image.size,
-            "file_sha256": image.sha256,
-            "files": [f.describe() for f in form.files],
-        })
-
-    @app.route("/v1/rerank", methods=["POST"], endpoint="rerank_v1")
-    @app.route("/rerank", methods=["POST"], endpoint="rerank")
-    @app.route("/reranking", methods=["POST"], endpoint="reranking")
-    @app.route("/v1/reranking", methods=["POST"], endpoint="reranking_v1")
-    def rerank(self, request: IRequest) -> bytes:
-        """
-        llama-server reranking: C{{"results": [{"index", "relevance_score"}]}},
-        best first, at most C{top_n}; C{return_documents} adds each
-        document.
-        """
-        body = self._readJSON(request)
-        query = self._requireText(body, "query")
-        documents = body.get("documents")
-        texts = [documentText(d) for d in documents] if isinstance(documents, list) else None
-        if not texts or any(t is None for t in texts):
-            raise DemoError(400, "'documents' must be a non-empty array of strings",
-                            param="documents")
-        topN = body.get("top_n")
-        if topN is not None and (isinstance(topN, bool) or not isinstance(topN, int) or topN < 0):
-            raise DemoError(400, "'top_n' must be a non-negative integer", param="top_n")
-        route = request.path.decode("ascii", "replace")
-        model = self._modelOf(body)
-        self._tag(request, route, model)
-        results = []
-        for index, score in rankDocuments(query, texts, topN):
-            result: dict[str, Any] = {"index": index, "relevance_score": score}
-            if body.get("return_documents") is True:
-                result["document"] = {"text": texts[index]}
-            results.append(result)
-        tokens = countTokens(query) + sum(countTokens(t) for t in texts)
-        return _json(request, {
-            "model": model,
-            "object": "list",
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "results": results,
-            "route": route,
-        })
+    # llama-server's native completion and infill.
 
     def _nativeResult(self, gen: Generation, prompt: str, model: str, route: str,
                       timings: dict[str, Any], index: int = 0) -> dict[str, Any]:
@@ -1052,12 +546,12 @@ class DemoServer:
         gen, prompt = gens[0], prompts[0]
         stream = EventStream(request, self._clock)
         try:
-            firstAt = None
+            firstToken: float | None = None
             for i, token in enumerate(gen.tokens):
                 if i:
                     await stream.pace(self.settings.tokenDelay)
-                if firstAt is None:
-                    firstAt = self._clock.seconds()
+                if firstToken is None:
+                    firstToken = self._clock.seconds()
                 stream.send(sseData({
                     "index": 0, "content": token, "tokens": [], "stop": False,
                     "id_slot": 0, "tokens_predicted": i + 1,
@@ -1068,7 +562,7 @@ class DemoServer:
             final = self._nativeResult(
                 gen, prompt, model, route,
                 _timings(gen.promptTokens, gen.completionTokens, started,
-                         started if firstAt is None else firstAt, self._clock.seconds()))
+                         started if firstToken is None else firstToken, self._clock.seconds()))
             final["content"] = ""
             stream.send(sseData(final))
         finally:
@@ -1107,68 +601,6 @@ class DemoServer:
                             param="input_prefix")
         prompt = f"{pieces[0]}<FIM>{pieces[1]}{pieces[2]}"
         return await self._native(request, "/infill", body, [prompt], started)
-
-    def _sdImages(self, request: IRequest, route: str, body: dict[str, Any],
-                  extra: dict[str, Any]) -> bytes:
-        prompt = body.get("prompt", "")
-        if not isinstance(prompt, str):
-            raise DemoError(400, "'prompt' must be a string", param="prompt")
-        count = self._count(body, "batch_size", 1, 10)
-        model = self._modelOf(body)
-        self._tag(request, route, model)
-        images = [tinyPNGBase64(f"{route}|{prompt}|{i}") for i in range(count)]
-        info = {"prompt": prompt, "model": model, "route": route,
-                "seed": body.get("seed", -1), **extra}
-        return _json(request, {
-            "images": images,
-            "parameters": body,
-            "info": json.dumps(info),
-            "model": model,
-            "route": route,
-        })
-
-    @app.route("/sdapi/v1/txt2img", methods=["POST"], endpoint="txt2img")
-    def txt2img(self, request: IRequest) -> bytes:
-        """
-        stable-diffusion.cpp's (A1111-style) text to image:
-        C{{"images": [base64 PNG], "parameters": <the request>, "info"}}.
-        """
-        body = self._readJSON(request)
-        return self._sdImages(request, "/sdapi/v1/txt2img", body, {})
-
-    @app.route("/sdapi/v1/img2img", methods=["POST"], endpoint="img2img")
-    def img2img(self, request: IRequest) -> bytes:
-        """
-        Image to image: like C{txt2img}, with the size and SHA-256 of the
-        first decoded C{init_images} entry in C{info} (and at top level).
-        """
-        body = self._readJSON(request)
-        images = body.get("init_images")
-        if not isinstance(images, list) or not images or not isinstance(images[0], str):
-            raise DemoError(400, "'init_images' must be a non-empty array of base64 strings",
-                            param="init_images")
-        encoded = images[0].split(",", 1)[1] if images[0].startswith("data:") else images[0]
-        try:
-            first = base64.b64decode(encoded, validate=True)
-        except ValueError:
-            raise DemoError(400, "'init_images' must be base64", param="init_images") from None
-        extra = {"init_image_bytes": len(first),
-                 "init_image_sha256": hashlib.sha256(first).hexdigest()}
-        return self._sdImages(request, "/sdapi/v1/img2img", body, extra)
-
-    @app.route("/sdapi/v1/loras", methods=["GET"], endpoint="loras")
-    def loras(self, request: IRequest) -> bytes:
-        """
-        The LoRAs of an SD model (C{?model=}): a JSON array, so the route
-        and model are in the headers and in each entry's C{path}.
-        """
-        values = request.args.get(b"model") or [b""]
-        model = values[0].decode("utf-8", "replace") or self.settings.model
-        self._tag(request, "/sdapi/v1/loras", model)
-        return _json(request, [
-            {"name": name, "alias": name, "path": f"/loras/{model}/{name}.safetensors"}
-            for name in ("demo-detail", "demo-style")
-        ])
 
     # ------------------------------------------------------------------
     # Debugging aids for the proxy's tests and benchmarks.
@@ -1233,6 +665,38 @@ class DemoServer:
         return _json(request, {"slept": seconds})
 
 
+def _responseObject(responseId: str, started: float, model: str, instructions: str | None,
+                    maxOutput: int | None, status: str, output: list[Any],
+                    usage: Any) -> dict[str, Any]:
+    """
+    @return: a Responses API C{response} object.
+    """
+    return {
+        "id": responseId,
+        "object": "response",
+        "created_at": int(started),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": instructions,
+        "max_output_tokens": maxOutput,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "metadata": {},
+    }
+
+
 class _Envelope(Resource):
     """
     Wraps the Klein resource: identity headers, the loading gate, and one
@@ -1250,7 +714,7 @@ class _Envelope(Resource):
         self._model = server.settings.model.encode("utf-8")
         self._pid = str(server.pid).encode("ascii")
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         clock = self._clock
         started = clock.seconds()
         request.setHeader(b"x-demo-model", self._model)

@@ -8,12 +8,13 @@ writing to a request whose client has gone away.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 
@@ -54,7 +55,9 @@ class EventStream:
     """
 
     def __init__(self, request: IRequest, clock: IReactorTime) -> None:
-        self._request = request
+        # Klein hands handlers a twisted.web.server.Request: producers and
+        # notifyFinish are not in IRequest.
+        self._request = cast(Request, request)
         self._clock = clock
         self._paused = False
         self._resumed: Deferred[None] | None = None
@@ -65,8 +68,8 @@ class EventStream:
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")
         _noDelay(request)
-        request.notifyFinish().addBoth(self._over)
-        request.registerProducer(self, True)
+        self._request.notifyFinish().addBoth(self._over)
+        self._request.registerProducer(self, True)
         self._registered = True
 
     def _over(self, result: object) -> None:

@@ -360,7 +360,9 @@ class LogHub:
         data = _toBytes(line)
         if not data.endswith(b"\n"):
             data += b"\n"
-        self.modelBuffer(modelId).write(data)
+        buffer = self.modelBuffer(modelId)
+        assert buffer is not None  # created when missing
+        buffer.write(data)
         self.upstream.write(data)
         if self.logToStdout in ("upstream", "both"):
             self._combined(data)

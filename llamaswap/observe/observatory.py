@@ -10,7 +10,7 @@ the web routes that read it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 from urllib.parse import urlsplit
 
 from zope.interface import implementer
@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     Logger,
     LogLevel,
     PredicateResult,
@@ -193,7 +194,7 @@ class Observatory(Service):
     """
 
     log = Logger()
-    name = "observatory"
+    name = "observatory"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, config, reactor, gpuProbe=None, publisher=None,
                  shapeOwnLog: bool = False, systemProbe=None) -> None:
@@ -279,7 +280,7 @@ class Observatory(Service):
                 # write(2) per access-log line under load.  Flush at most
                 # every few milliseconds instead.
                 original._outFile = CoalescedFlush(outFile, self.reactor)
-            shaped = FilteringLogObserver(original, [wanted])
+            shaped = FilteringLogObserver(original, [cast(ILogFilterPredicate, wanted)])
             self._publisher.removeObserver(original)
             self._publisher.addObserver(shaped)
             self._shaped.append((original, shaped))

@@ -310,7 +310,7 @@ class PerformanceMonitor(Service):
         self.polls += 1
         when = self.reactor.seconds()
         sources = [s for s in (self._system, self._gpu) if not s.off]
-        d: Deferred[None] = gatherResults([self._sample(s) for s in sources])
+        d: Deferred[Any] = gatherResults([self._sample(s) for s in sources])
         names = [s.what for s in sources]
         d.addCallback(lambda results: self._store(when, dict(zip(names, results))))
         d.addCallback(lambda _: self._checkAvailability(sources))

@@ -127,13 +127,13 @@ def systemFamilies(system: Mapping[str, Any] | None) -> Iterator[Metric]:
         yield family
     network = system.get("network") or []
     if network:
-        family = CounterMetricFamily("llamaswap_network_bytes",
-                                     "Bytes received and sent per network interface.",
-                                     labels=["interface", "direction"])
+        counter = CounterMetricFamily("llamaswap_network_bytes",
+                                      "Bytes received and sent per network interface.",
+                                      labels=["interface", "direction"])
         for interface in network:
-            family.add_metric([str(interface["name"]), "recv"], float(interface["recv"]))
-            family.add_metric([str(interface["name"]), "sent"], float(interface["sent"]))
-        yield family
+            counter.add_metric([str(interface["name"]), "recv"], float(interface["recv"]))
+            counter.add_metric([str(interface["name"]), "sent"], float(interface["sent"]))
+        yield counter
 
 
 def gpuFamilies(gpus: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:

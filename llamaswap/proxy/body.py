@@ -9,6 +9,7 @@ every key and its order.
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import parse_qs
 
 import attr
@@ -119,7 +120,7 @@ class ClientBody:
     stream: bool
     raw: bytes | None = None
     isJSON: bool = False
-    form: object = None
+    form: Any = None
 
 
 def readClientBody(request, limit: int) -> ClientBody:

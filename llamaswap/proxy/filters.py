@@ -208,8 +208,17 @@ def _sameJSON(a: Any, b: Any) -> bool:
 # -- the object scanner ----------------------------------------------------
 
 _WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skipWS(text: str, i: int) -> int:
+    """
+    @return: the index of the first non-whitespace character from C{i}.
+    """
+    match = _WS.match(text, i)
+    return i if match is None else match.end()
+
 _decoder = json.JSONDecoder()
-_scanString = json.decoder.scanstring
+_scanString = getattr(json.decoder, "scanstring")
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -251,10 +260,10 @@ def _scanObject(text: str, wanted: set) -> _Object:
 
     @raise ValueError: when C{text} is not a single JSON object.
     """
-    i = _WS.match(text, 0).end()
+    i = _skipWS(text, 0)
     if text[i:i + 1] != "{":
         raise ValueError("the body is not a JSON object")
-    i = _WS.match(text, i + 1).end()
+    i = _skipWS(text, i + 1)
     members: list[_Entry] = []
     if text[i:i + 1] == "}":
         close = i
@@ -264,10 +273,10 @@ def _scanObject(text: str, wanted: set) -> _Object:
                 raise ValueError(f"expecting a property name at character {i}")
             start = i
             key, i = _scanString(text, i + 1)
-            i = _WS.match(text, i).end()
+            i = _skipWS(text, i)
             if text[i:i + 1] != ":":
                 raise ValueError(f"expecting ':' at character {i}")
-            i = _WS.match(text, i + 1).end()
+            i = _skipWS(text, i + 1)
             valueStart = i
             if key in wanted:
                 value, i = _decoder.raw_decode(text, i)
@@ -275,16 +284,16 @@ def _scanObject(text: str, wanted: set) -> _Object:
             else:
                 i = _decoder.raw_decode(text, i)[1]
                 members.append(_Entry(key, start, valueStart, i))
-            i = _WS.match(text, i).end()
+            i = _skipWS(text, i)
             c = text[i:i + 1]
             if c == ",":
-                i = _WS.match(text, i + 1).end()
+                i = _skipWS(text, i + 1)
                 continue
             if c == "}":
                 close = i
                 break
             raise ValueError(f"expecting ',' or '}}' at character {i}")
-    if _WS.match(text, close + 1).end() != len(text):
+    if _skipWS(text, close + 1) != len(text):
         raise ValueError(f"extra data at character {close + 1}")
     return _Object(tuple(members), close)
 
@@ -315,7 +324,7 @@ def _render(text: str, obj: _Object, entries: list[_Entry]) -> str:
         if entry.start < 0:
             pieces.append(json.dumps(entry.key, ensure_ascii=False))
             pieces.append(":")
-            pieces.append(entry.encoded)
+            pieces.append(entry.encoded or "")
         elif entry.encoded is None:
             pieces.append(text[entry.start:entry.valueEnd])
         else:

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import attr
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from werkzeug.http import parse_options_header
@@ -541,12 +541,12 @@ class SplicedFileProducer:
         )
         self._index = 0
         self._offset = 0
-        self._consumer = None
+        self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         self._paused = False
         self._stopped = False
         self._running = False
-        self._call = None
+        self._call: IDelayedCall | None = None
 
     def startProducing(self, consumer) -> Deferred[None]:
         """
@@ -624,6 +624,7 @@ class SplicedFileProducer:
                     self._stopped = True
                     self._done.callback(None)
                     return
+                assert self._consumer is not None  # set by startProducing
                 self._consumer.write(chunk)
                 written += 1
         finally:
@@ -639,7 +640,7 @@ def _segments(length: int, replacements: Sequence[tuple[int, int, bytes]]):
     @return: C{(start, end, None)} file ranges and C{(start, end, data)}
         replacements covering C{[0, length)} in order.
     """
-    segments = []
+    segments: list[tuple[int, int, bytes | None]] = []
     position = 0
     for start, end, data in sorted(replacements, key=lambda r: r[0]):
         if not position <= start <= end <= length:

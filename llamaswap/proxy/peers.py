@@ -10,7 +10,7 @@ looks; the relay sends it.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from twisted.web.http_headers import Headers
@@ -47,7 +47,7 @@ class PeerDirectory:
 
     def __init__(
         self,
-        peers: Mapping[str, object],
+        peers: Mapping[str, Any],
         resolveLocal: Callable[[str], str | None] | None = None,
     ) -> None:
         self._peers = dict(peers)

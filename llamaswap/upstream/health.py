@@ -9,13 +9,15 @@ import ipaddress
 
 from zope.interface import implementer
 
+from typing import cast
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,7 +96,7 @@ class _Discard(Protocol):
         Drop the connection (used when the probe times out mid-body).
         """
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 @implementer(IHealthProbe)
@@ -155,7 +157,7 @@ class HealthProbe:
             return False
 
         requested.addErrback(failed)
-        return requested
+        return cast("Deferred[bool]", requested)
 
     def _readBody(self, response: IResponse) -> Deferred[bool]:
         done: Deferred[None] = Deferred(lambda _: body.stop())

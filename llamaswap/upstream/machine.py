@@ -31,7 +31,7 @@ from automat import TypeMachineBuilder, pep614
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -127,7 +127,7 @@ class _Core:
     """
 
     model: ModelConfig
-    clock: object
+    clock: IReactorTime
     launcher: ILauncher
     probe: IHealthProbe
     healthCheckTimeout: float
@@ -585,7 +585,7 @@ class UpstreamMachine:
         self,
         model: ModelConfig,
         *,
-        reactor: object,
+        reactor: IReactorTime,
         launcher: ILauncher,
         probe: IHealthProbe,
         healthCheckTimeout: float,

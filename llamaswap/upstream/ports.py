@@ -51,8 +51,10 @@ def portInUse(proxyURL: str) -> bool:
             if result == errno.EINPROGRESS:
                 # On loopback the handshake is over by now: a listener makes
                 # the socket writable at once, with no error.
-                _, writable, _ = select.select([], [sock], [], 0)
-                if writable:
+                # poll, not select: select fails on descriptors >= 1024.
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                if poller.poll(0):
                     result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError:
             continue

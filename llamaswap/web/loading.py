@@ -15,7 +15,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 RULE = "\u2501" * 5
 TYPE_CHUNK = 5  # characters per frame
@@ -70,8 +70,8 @@ class LoadingStream:
         self.gone = False
         self.finished = False
         self._typing: deque[str] = deque()
-        self._typer = None
-        self._ticker = None
+        self._typer: IDelayedCall | None = None
+        self._ticker: IDelayedCall | None = None
         self._queuePosition: int | None = None
         self._queueChanged = False
         self._nextRemark = 0.0

@@ -9,6 +9,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
+from llamaswap.listening import headDeadlineProtocol
+
 
 class LlamaSwapRequest(Request):
     """
@@ -39,6 +41,7 @@ class AccessLoggingSite(Site):
     quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
 
     requestFactory = LlamaSwapRequest
+    protocol = headDeadlineProtocol  # a request head has a deadline of its own
 
     def __init__(self, resource, clock) -> None:
         # Leave bodies alone: twisted.web would otherwise parse every form

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -18,10 +21,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
+from tests.fakes import writeCertificate
 from tests.integration.support import (
-    asyncTest,
     PROJECT_ROOT,
     alive,
+    asyncTest,
     eventually,
     freePort,
     freePortRun,
@@ -39,10 +43,13 @@ class Collect(ProcessProtocol):
 
     def __init__(self) -> None:
         self.output = b""
+        self.stderr = b""
         self.ended: Deferred[Exception] = Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.output += data
+        if fd == 2:
+            self.stderr += data
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(reason.value)
@@ -56,13 +63,15 @@ def childEnv() -> dict[str, str]:
     return env
 
 
-def runTwistd(testCase: TestCase, *args: str) -> Collect:
+def runTwistd(testCase: TestCase, *args: str, pidfile: bool = False,
+              cwd: str = PROJECT_ROOT) -> Collect:
     """
-    Start C{twistd} with C{args}; make sure it is gone after the test.
+    Start C{twistd} with C{args} (and C{--pidfile=} first unless
+    C{pidfile}) in C{cwd}; make sure it is gone after the test.
     """
     proto = Collect()
-    argv = [*TWISTD, "--pidfile=", *args]
-    transport = reactor.spawnProcess(proto, argv[0], argv, env=childEnv(), path=PROJECT_ROOT)
+    argv = [*TWISTD, *([] if pidfile else ["--pidfile="]), *args]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=childEnv(), path=cwd)
 
     async def cleanup() -> None:
         if not proto.ended.called:
@@ -331,3 +340,183 @@ class GracefulShutdownTests(TestCase):
         self.assertIn(reason.exitCode or reason.signal, (0, signal.SIGTERM), proto.output)
         self.assertIn(b"again: stopping every upstream now", proto.output)
         self.assertFalse(alive(started[0]))
+
+
+class StartupErrorTests(TestCase):
+    """
+    What stops llamaswap from starting ends the real twistd with a non-zero
+    status and one line on stderr naming the cause: no traceback, no usage
+    text, no C{twistd --pidfile:} prefix.
+    """
+
+    timeout = 60
+
+    async def assertRefused(self, fragment: str, *args: str) -> str:
+        proto = runTwistd(self, *args)
+        reason = await proto.ended
+        self.assertNotEqual(reason.exitCode, 0, proto.output)
+        lines = proto.stderr.decode(errors="replace").splitlines()
+        self.assertEqual(len(lines), 1, proto.output.decode(errors="replace"))
+        [line] = lines
+        self.assertTrue(line.startswith("llamaswap: "), line)
+        self.assertIn(fragment, line)
+        for noise in (b"Traceback", b"Usage:", b"--pidfile", b"Options:"):
+            self.assertNotIn(noise, proto.output)
+        return line
+
+    @asyncTest
+    async def test_portInUse(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            await self.assertRefused(
+                f"cannot listen on 127.0.0.1:{port}: Address already in use",
+                "-n", "llamaswap", "--listen", f"127.0.0.1:{port}",
+            )
+
+    @asyncTest
+    async def test_unixSocketInAMissingFolder(self) -> None:
+        path = os.path.join(tempfile.mkdtemp(prefix="llamaswap-"), "missing", "l.sock")
+        line = await self.assertRefused(
+            "No such file or directory", "-n", "llamaswap", "--listen", f"unix:{path}"
+        )
+        self.assertIn(path, line)
+
+    @asyncTest
+    async def test_tlsCertificateMissing(self) -> None:
+        cert, key = writeCertificate(self.mktemp())
+        os.remove(cert)
+        await self.assertRefused(
+            f"cannot read TLS certificate {cert}: No such file or directory",
+            "-n", "llamaswap", "--tls-cert-file", cert, "--tls-key-file", key,
+        )
+
+    @asyncTest
+    async def test_tlsKeyUnreadable(self) -> None:
+        cert, key = writeCertificate(self.mktemp())
+        folder = os.path.dirname(key)
+        await self.assertRefused(
+            f"cannot read TLS key {folder}",
+            "-n", "llamaswap", "--tls-cert-file", cert, "--tls-key-file", folder,
+        )
+        if os.geteuid() != 0:
+            os.chmod(key, 0)
+            await self.assertRefused(
+                f"cannot read TLS key {key}: Permission denied",
+                "-n", "llamaswap", "--tls-cert-file", cert, "--tls-key-file", key,
+            )
+
+    @asyncTest
+    async def test_configMissing(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        await self.assertRefused(
+            f"config: cannot read {path}: No such file or directory",
+            "-n", "llamaswap", "-c", path,
+        )
+
+    @asyncTest
+    async def test_configUnreadable(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.mkdir(path)
+        await self.assertRefused(f"cannot read {path}: Is a directory", "-n", "llamaswap", "-c", path)
+
+    @asyncTest
+    async def test_configInvalid(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("models:\n  qwen:\n    cmd: srv\n    ttl: ten\n")
+        line = await self.assertRefused(
+            f"config {path}: models.qwen.ttl: expected integer", "-n", "llamaswap", "-c", path
+        )
+        self.assertTrue(line.endswith("(line 4)"), line)
+
+
+class ListeningTests(TestCase):
+    """
+    TLS, several listeners and side-by-side instances, against the real
+    twistd serving the bundled demo config.
+    """
+
+    timeout = 90
+
+    def agent(self, **kwargs):
+        return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False),
+                                **kwargs))
+
+    async def healthy(self, http, url: str, proto: Collect) -> None:
+        async def check() -> bool:
+            if proto.ended.called:
+                self.fail("twistd exited:\n" + proto.output.decode(errors="replace"))
+            try:
+                response = await http.get(url)
+                return (await response.content()) == b"OK"
+            except Exception:
+                return False
+
+        await eventually(check, timeout=30)
+
+    @asyncTest
+    async def test_tlsAppliesToATcpEndpoint(self) -> None:
+        """
+        C{--listen tcp:...} with a certificate serves HTTPS, and a plain
+        HTTP request on that port gets no HTTP answer.
+        """
+        from twisted.internet import ssl
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        cert, key = writeCertificate(self.mktemp())
+        with open(cert, "rb") as f:
+            authority = ssl.Certificate.loadPEM(f.read())
+        port = freePort()
+        proto = runTwistd(self, "-n", "llamaswap", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                          "--tls-cert-file", cert, "--tls-key-file", key)
+        https = self.agent(
+            contextFactory=BrowserLikePolicyForHTTPS(trustRoot=authority))
+        await self.healthy(https, f"https://127.0.0.1:{port}/health", proto)
+        self.assertIn(b"ssl:", proto.output)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+            plain.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = plain.recv(100)
+            except OSError:
+                answer = b""
+        self.assertFalse(answer.startswith(b"HTTP/"), answer)
+
+    @asyncTest
+    async def test_everyListenIsServed(self) -> None:
+        port = freePort()
+        folder = tempfile.mkdtemp(prefix="llamaswap-")  # socket paths are short
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "l.sock")
+        proto = runTwistd(self, "-n", "llamaswap", "--listen", f"127.0.0.1:{port}",
+                          "--listen", f"unix:{path}")
+        await self.healthy(self.agent(), f"http://127.0.0.1:{port}/health", proto)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200"), answer)
+        self.assertTrue(answer.endswith(b"OK"), answer)
+
+    @asyncTest
+    async def test_twoInstancesFromOneFolder(self) -> None:
+        """
+        The README's C{twistd -n llamaswap} twice from the same folder: no
+        pidfile is written, so both start.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.mkdir(folder)
+        ports = [freePort(), freePort()]
+        procs = [runTwistd(self, "-n", "llamaswap", "--listen", f"127.0.0.1:{p}",
+                           pidfile=True, cwd=folder) for p in ports]
+        http = self.agent()
+        for proto, port in zip(procs, ports):
+            await self.healthy(http, f"http://127.0.0.1:{port}/health", proto)
+        self.assertEqual(os.listdir(folder), [])
+        for proto in procs:
+            proto.transport.signalProcess("TERM")
+            await proto.ended

@@ -156,8 +156,8 @@ class UpstreamMachineRealTests(TestCase):
         async def run() -> None:
             await machine.start()
             self.assertEqual(machine.state, "ready")
-            await _eventually(lambda: any(l.startswith("pids ") for l in self.lines))
-            [line] = [l for l in self.lines if l.startswith("pids ")]
+            await _eventually(lambda: any(x.startswith("pids ") for x in self.lines))
+            [line] = [x for x in self.lines if x.startswith("pids ")]
             child, grandchild = (int(p) for p in line.split()[1:])
             self.assertEqual(child, machine.pid)
             self.assertEqual(os.getpgid(grandchild), child)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 The twistd plugin: C{twistd -n llamaswap -c config.yaml}.
 

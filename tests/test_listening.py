@@ -1,0 +1,179 @@
+"""
+Tests for L{llamaswap.listening}: the request-head deadline and the client
+connection cap, on memory transports and a fake clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from llamaswap.config import loadConfigText
+from llamaswap.listening import (
+    ConnectionCap,
+    automaticConnectionCap,
+    headDeadlineProtocol,
+    listeningService,
+)
+from llamaswap.service import AccessLoggingSite
+
+ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class DeadlineSite(Site):
+    protocol = headDeadlineProtocol
+    headDeadline = 3.0
+
+
+def makeSite(clock: MemoryReactorClock) -> Site:
+    root = Resource()
+    root.putChild(b"health", Data(b"OK", "text/plain"))
+    return DeadlineSite(root, reactor=clock)
+
+
+class HeadDeadlineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.site = makeSite(self.clock)
+
+    def connect(self):
+        protocol = self.site.buildProtocol(ADDRESS)
+        transport = StringTransport(peerAddress=ADDRESS)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_trickledHeadIsCutOff(self) -> None:
+        """
+        One byte every 2 s resets the idle timeout each time, but not the
+        head's deadline: 3 s after the first byte the client gets a 408
+        and the connection is closed.
+        """
+        protocol, transport = self.connect()
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        protocol.dataReceived(head[:1])
+        self.clock.advance(2)
+        protocol.dataReceived(head[1:2])
+        self.clock.advance(0.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+        self.assertIn(b'"type": "invalid_request_error"', transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_headInTimeIsServedAndTheNextHeadHasItsOwnDeadline(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        self.clock.advance(2.5)
+        protocol.dataReceived(b"\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.clock.advance(10)  # idle between requests: not the head's deadline
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        protocol.dataReceived(b"GET /health HT")
+        self.clock.advance(3.1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408"))
+
+    def test_slowBodyIsNotTheHeadsBusiness(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab"
+        )
+        self.clock.advance(5)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_closedConnectionLeavesNoTimer(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /")
+        protocol.connectionLost(None)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.getTime() == 3.0], [])
+
+    def test_daemonSiteHasTheDeadline(self) -> None:
+        site = AccessLoggingSite(Resource(), clock=self.clock)
+        self.assertIs(type(site).protocol, headDeadlineProtocol)
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.cap = ConnectionCap(makeSite(self.clock), 2, self.clock)
+        self.cap.reserve = 2
+
+    def connect(self):
+        protocol = self.cap.buildProtocol(ADDRESS)
+        transport = StringTransport(peerAddress=ADDRESS)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_pastTheCapOnlyHealthIsServed(self) -> None:
+        """
+        Past the cap, a connection of the reserve that asks for anything
+        but C{/health} gets a 503 and is closed; C{/health} is answered,
+        and the connection closed after it.
+        """
+        self.connect()
+        self.connect()
+        self.assertEqual(self.cap.open, 2)
+        other, otherTransport = self.connect()
+        other.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(
+            otherTransport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"too many client connections", otherTransport.value())
+        self.assertTrue(otherTransport.disconnecting)
+        health, healthTransport = self.connect()
+        health.dataReceived(b"GET /heal")
+        self.assertEqual(healthTransport.value(), b"")
+        health.dataReceived(b"th HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        self.assertTrue(healthTransport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Connection: close", healthTransport.value())
+        self.assertTrue(healthTransport.value().endswith(b"OK"))
+        self.assertTrue(healthTransport.disconnecting)
+        self.assertEqual(self.cap.refused, 2)
+
+    def test_pastTheReserveAConnectionGetsA503AtOnce(self) -> None:
+        for _ in range(4):
+            self.connect()
+        self.assertEqual(self.cap.open, 4)
+        _, fifth = self.connect()
+        self.assertTrue(fifth.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertTrue(fifth.disconnecting)
+        self.assertEqual(self.cap.open, 4)
+
+    def test_aClosedConnectionFreesItsPlace(self) -> None:
+        first, _ = self.connect()
+        self.connect()
+        first.connectionLost(None)
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /health HTTP/1.0\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+
+
+class ListeningServiceTests(SynchronousTestCase):
+    def test_daemonTakesTheCapFromTheConfig(self) -> None:
+        from llamaswap.service import makeRootService
+
+        config = loadConfigText("maxConnections: 3\nmodels:\n  m: {cmd: 'srv --port ${PORT}'}\n")
+        root = makeRootService(config, MemoryReactorClock(), "tcp:0:interface=127.0.0.1")
+        self.assertEqual(root.getServiceNamed("web").factory.limit, 3)
+
+    def test_everyListenerSharesOneCap(self) -> None:
+        clock = MemoryReactorClock()
+        service = listeningService(["tcp:0", "tcp:1"], makeSite(clock), clock, 7)
+        factories = {child.factory for child in service}
+        self.assertEqual(len(factories), 1)
+        [cap] = factories
+        self.assertEqual(cap.limit, 7)
+
+    def test_automaticCapLeavesRoom(self) -> None:
+        clock = MemoryReactorClock()
+        service = listeningService("tcp:0", makeSite(clock), clock)
+        self.assertEqual(service.factory.limit, automaticConnectionCap())
+        self.assertGreaterEqual(automaticConnectionCap(), 16)
+
+    def test_configKey(self) -> None:
+        self.assertEqual(loadConfigText("maxConnections: 500\n").maxConnections, 500)
+        self.assertEqual(loadConfigText("").maxConnections, 0)
