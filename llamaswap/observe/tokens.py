@@ -436,7 +436,7 @@ class SSEUsageParser:
             return
         try:
             obj = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(obj, dict):
             self.observe(obj)
@@ -512,7 +512,7 @@ class JSONUsageParser:
             return None
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             _log.warn("metrics: invalid JSON in response body path={path}", path=self.path)
             return None
         usage = timings = None
