@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from tests.integration.support import PROJECT_ROOT, freePort, freePortRun
 
@@ -173,13 +174,13 @@ class Daemon:
         self.process: subprocess.Popen | None = None
         testCase.addCleanup(self.stop)
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         """
         Start the daemon and wait until its C{/health} answers.
         """
         env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, CHAOS_MARKER=self.marker)
         self._log = open(self.logPath, "wb")
-        self.process = subprocess.Popen(
+        self.process = process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "--pidfile=", "-n", "llamaswap", "-c", self.configPath,
              "--listen", f"127.0.0.1:{self.port}"],
@@ -187,7 +188,7 @@ class Daemon:
             stdin=subprocess.DEVNULL, start_new_session=True)
 
         def healthy() -> bool:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise AssertionError("daemon exited:\n" + self.log())
             try:
                 return self.request("GET", "/health", timeout=2)[0] == 200
@@ -416,7 +417,7 @@ def rawExchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = s.recv(65536)
             if not chunk:

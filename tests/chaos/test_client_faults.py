@@ -20,17 +20,29 @@ from twisted.trial.unittest import TestCase
 from tests.chaos.support import (
     Bystander,
     Daemon,
+    abort,
     demoCmd,
     faultyCmd,
     openFds,
     rssBytes,
-    abort,
     sseEvents,
     waitFor,
 )
 from tests.chaos.test_upstream_faults import BYSTANDER_TOKENS, daemonWith
 
 MiB = 1024 * 1024
+
+
+def queueDepth(d: Daemon) -> float:
+    """
+    @return: C{llamaswap_queue_depth} as C{/metrics} says.
+    """
+    status, _, body = d.request("GET", "/metrics")
+    assert status == 200, (status, body)
+    for line in body.decode().splitlines():
+        if line.startswith("llamaswap_queue_depth "):
+            return float(line.split()[1])
+    raise AssertionError("no llamaswap_queue_depth in /metrics")
 
 
 class ClientFaultTests(TestCase):
@@ -43,7 +55,7 @@ class ClientFaultTests(TestCase):
         and the next request for the queued model is served.
         """
         d = Daemon(self, {
-            "busy": {"cmd": demoCmd("busy", "--tokens", str(BYSTANDER_TOKENS),
+            "busy": {"cmd": demoCmd("busy", "--tokens", str(BYSTANDER_TOKENS * 2),
                                     "--token-delay", "0.05")},
             "queued": {"cmd": demoCmd("queued")},
         }).start()
@@ -55,10 +67,12 @@ class ClientFaultTests(TestCase):
         conn.request("POST", "/v1/chat/completions", body=json.dumps({
             "model": "queued", "messages": [{"role": "user", "content": "hi"}]}).encode(),
             headers={"Content-Type": "application/json"})
-        time.sleep(0.3)
+        waitFor(lambda: queueDepth(d) == 1, timeout=10, what="the request queued")
         conn.sock.shutdown(socket.SHUT_RDWR)
         conn.close()
-        busy.check(self, BYSTANDER_TOKENS)
+        waitFor(lambda: queueDepth(d) == 0, timeout=10, what="the request left the queue")
+        self.assertTrue(busy.is_alive(), "the busy stream ended before the check")
+        busy.check(self, BYSTANDER_TOKENS * 2)
         status, _, body = d.chat("queued")
         self.assertEqual(status, 200, body)
         status, _, body = d.chat("busy")
@@ -178,8 +192,8 @@ class ClientFaultTests(TestCase):
         """
         d = daemonWith(self, {"cmd": demoCmd("victim")})
         fds = d.baseline("bystander", "victim")
-        idle = []
-        self.addCleanup(lambda: [s.close() for s in idle])
+        idle: list[socket.socket] = []
+        self.addCleanup(lambda: list(map(socket.socket.close, idle)))
         for _ in range(1000):
             s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -96,7 +96,7 @@ class UpstreamFaultTests(TestCase):
         bystander.started_.wait(30)
         conn, response = d.openStream("victim")
         self.assertEqual(response.status, 200)
-        pid = int(response.getheader("x-faulty-pid"))
+        pid = int(response.getheader("x-faulty-pid") or 0)
         events = sseEvents(response)
         for _ in range(3):
             next(events)
@@ -129,7 +129,7 @@ class UpstreamFaultTests(TestCase):
             self.assertEqual(response.status, 200)
             self.assertLess(time.monotonic() - started, 20)
             _, cut = readStream(response)
-        except socket.timeout:
+        except TimeoutError:
             self.fail("the stream of a stalled upstream was never ended")
         finally:
             conn.close()
@@ -289,8 +289,9 @@ class UpstreamFaultTests(TestCase):
         self.assertEqual(status, 200, body)
         status, _, body = d.request("POST", "/api/models/unload/victim", timeout=60)
         self.assertEqual(status, 200, body)
-        helpers = lambda: [pid for pid in marked(d.marker)  # noqa: E731
-                           if b"faulty-helper" in _cmdline(pid)]
+        def helpers() -> list[int]:
+            return [pid for pid in marked(d.marker) if b"faulty-helper" in _cmdline(pid)]
+
         try:
             waitFor(lambda: not helpers(), timeout=10, what="setsid helper gone")
         finally:

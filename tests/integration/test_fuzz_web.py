@@ -229,7 +229,7 @@ class WebFuzzTests(TestCase):
                     if not chunk:
                         break
                     answer += chunk
-            except socket.timeout:
+            except TimeoutError:
                 if complete:
                     self.fail(f"no end of answer within {ANSWER_WITHIN}s to {data[:300]!r}:"
                               f" got {answer[:300]!r}")
