@@ -4,6 +4,7 @@ Builds the service tree of a running llamaswap from a validated config.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -28,10 +29,55 @@ from llamaswap.web.ui import UIResource, staticPath
 
 class LlamaSwapRequest(Request):
     """
-    A request that notes when it arrived (for the access log).
+    A request that notes when it arrived (for the access log), and refuses
+    a body over its site's C{bodyLimit} while it arrives: twisted.web would
+    otherwise spool any body, however long (or endless), to disk before
+    llamaswap sees the request.
     """
 
     arrived: float | None = None
+    _bodyBytes = 0
+    _refused = False
+
+    def _bodyLimit(self) -> int | None:
+        return getattr(getattr(self.channel, "site", None), "bodyLimit", None)
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        limit = self._bodyLimit()
+        if limit is not None and length is not None and length > limit:
+            self._refuseBody(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._bodyBytes += len(data)
+        limit = self._bodyLimit()
+        if limit is not None and self._bodyBytes > limit:
+            self._refuseBody(limit)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuseBody(self, limit: int) -> None:
+        """
+        Answer 413 (OpenAI-style) at once, without the rest of the body, and
+        close the connection.
+        """
+        self._refused = True
+        # No "100 Continue" after the answer: the client is not to go on.
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": {
+            "message": f"request body exceeds the limit of {limit} bytes",
+            "type": "invalid_request_error", "code": 413}}).encode()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        transport.loseConnection()
 
 
 class AccessLoggingSite(Site):
@@ -47,6 +93,9 @@ class AccessLoggingSite(Site):
     quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
 
     requestFactory = LlamaSwapRequest
+
+    #: The cap on request bodies, in bytes (L{None}: none).
+    bodyLimit: int | None = None
 
     def __init__(self, resource, clock) -> None:
         # Leave bodies alone: twisted.web would otherwise parse every form
@@ -230,6 +279,7 @@ class LlamaSwapService(MultiService):
         self.router = self._router(config, {})
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
+        self.site.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
         web = strports.service(listen, self.site, reactor=reactor)
         web.setName("web")
         web.setServiceParent(self)
@@ -327,6 +377,7 @@ class LlamaSwapService(MultiService):
             self.services.remove(self.router)
             self.services.insert(index, self.router)
             self.site.resource = self._api(new).resource()
+            self.site.bodyLimit = new.maxRequestBodyMB * 1024 * 1024
             retiring = old.adoptLeases(self.router)
             self._retiring.add(retiring)
 

@@ -222,3 +222,45 @@ class ClientFaultTests(TestCase):
             s.close()
         idle.clear()
         d.assertNoLeak(fds)
+
+    def test_bodyOverTheLimitRefusedAsItArrives(self) -> None:
+        """
+        A body past C{maxRequestBodyMB}, declared or sent without end: a 413
+        as soon as the limit is passed, not once the whole body is in (an
+        endless body would otherwise fill the disk).
+        """
+        d = daemonWith(self, {"cmd": demoCmd("victim")}, {"maxRequestBodyMB": 1})
+        fds = d.baseline("bystander", "victim")
+        bystander = Bystander(d, "bystander")
+        bystander.start()
+        bystander.started_.wait(30)
+        huge = b"Content-Length: %d\r\n" % (1 << 40)
+        for framing in (huge, huge + b"Expect: 100-continue\r\n",
+                        b"Transfer-Encoding: chunked\r\n"):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+            self.addCleanup(s.close)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\n" + framing + b"\r\n")
+            chunk = b"x" * 65536
+            if framing.startswith(b"Transfer"):
+                chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+            answer = b""
+            try:
+                for _ in range(64):  # 4 MiB, well past the limit
+                    s.sendall(chunk)
+            except OSError:
+                pass
+            s.settimeout(10)
+            try:
+                while b"\r\n\r\n" not in answer:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+            except socket.timeout:
+                pass
+            s.close()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413"), (framing, answer[:300]))
+            self.assertIn(b"error", answer)
+        bystander.check(self, BYSTANDER_TOKENS)
+        d.assertNoLeak(fds)
