@@ -9,6 +9,8 @@ other connections open to it.  The faults:
  - C{--chat garbage}: a chat gets bytes that are not HTTP, then a close;
  - C{--chat hang-headers}: a chat gets C{200} and SSE headers, then nothing;
  - C{--chat hang}: a chat gets nothing at all;
+ - C{--chat deep}: a chat gets JSON (or an SSE event) with a C{usage}
+   nested 10 000 arrays deep;
  - C{--flap N}: the first C{N} health probes alternate C{503} and C{200};
  - C{--ignore-term}: SIGTERM is ignored;
  - C{--fork N}: C{N} children that ignore SIGTERM sleep in its process group;
@@ -38,7 +40,7 @@ class Options(usage.Options):
     optParameters = [
         ["port", None, None, "TCP port to listen on.", int],
         ["marker", None, "", "Carried on the command line, for orphan checks."],
-        ["chat", None, "ok", "ok, garbage, hang-headers or hang."],
+        ["chat", None, "ok", "ok, garbage, hang-headers, hang or deep."],
         ["tokens", None, 8, "Tokens per chat answer.", int],
         ["token-delay", None, 0.0, "Seconds between streamed tokens.", float],
         ["flap", None, 0, "Health probes that alternate 503 and 200 first.", int],
@@ -124,6 +126,13 @@ def makeSite(options: Options, reactor: Any) -> Any:
                 body = json.loads(request.content.read() or b"{}")
             except ValueError:
                 body = {}
+            if mode == "deep":
+                deep = b'{"usage":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+                if isinstance(body, dict) and body.get("stream") is True:
+                    request.setHeader(b"content-type", b"text/event-stream")
+                    return b"data: " + deep + b"\n\ndata: [DONE]\n\n"
+                request.setHeader(b"content-type", b"application/json")
+                return deep
             model = body.get("model", "faulty") if isinstance(body, dict) else "faulty"
             tokens = ["tok%d " % i for i in range(options["tokens"])]
             if not (isinstance(body, dict) and body.get("stream") is True):

@@ -319,8 +319,8 @@ class Daemon:
         """
         Quiesce, then check that the daemon's descriptors are back to
         C{fdsBefore} (waiting for connections it closes lazily), that it
-        still answers, and that no process carrying the marker is left
-        beside it.
+        still answers, that no process carrying the marker is left beside
+        it, and that it logged no traceback (an error it did not handle).
         """
         self.quiesce()
         waitFor(lambda: openFds(self.pid) <= fdsBefore, timeout=15,
@@ -329,6 +329,8 @@ class Daemon:
         assert self.request("GET", "/health")[0] == 200
         left = [pid for pid in marked(self.marker) if pid != self.pid]
         assert not left, f"processes left behind: {left}"
+        log = self.log()
+        assert "Traceback" not in log, log[max(0, log.index("Traceback") - 500):][:3000]
 
     def fdTargets(self) -> list[str]:
         targets = []

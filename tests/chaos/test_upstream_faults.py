@@ -156,6 +156,23 @@ class UpstreamFaultTests(TestCase):
         bystander.check(self, BYSTANDER_TOKENS)
         d.assertNoLeak(fds)
 
+    def test_deeplyNestedAnswerIsRelayedAsIs(self) -> None:
+        """
+        An upstream answer whose C{usage} is nested too deeply for the token
+        meters: relayed as it is, streamed or not.
+        """
+        d = daemonWith(self, {"cmd": faultyCmd("{marker}", "--chat", "deep")})
+        fds = d.baseline("bystander")
+        bystander = Bystander(d, "bystander")
+        bystander.start()
+        bystander.started_.wait(30)
+        for stream in (False, True):
+            status, _, body = d.chat("victim", stream=stream)
+            self.assertEqual(status, 200, body[:300])
+            self.assertIn(b"[" * 10_000 + b"]" * 10_000, body)
+        bystander.check(self, BYSTANDER_TOKENS)
+        d.assertNoLeak(fds)
+
     def test_healthFlappingWhileStartingStartsOnce(self) -> None:
         """
         A health endpoint that alternates 503 and 200 while starting: the
