@@ -249,6 +249,7 @@ class LlamaSwapService(MultiService):
         self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)
         self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
+        self.site.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
         listeningService(listen, self.site, reactor,
                          config.maxConnections).setServiceParent(self)
         if daemon:
@@ -379,6 +380,7 @@ class LlamaSwapService(MultiService):
                 new, lambda a, b: launchSettings(a) == launchSettings(b))
             self.observatory.reconfigure(new)
             self.site.resource = self._api(new).resource()
+            self.site.bodyLimit = new.maxRequestBodyMB * 1024 * 1024
             self.log.info(
                 "config reloaded: {count} models, {kept} kept running, {restarted} restarted, "
                 "{added} added, {removed} removed",

@@ -447,7 +447,7 @@ class SSEUsageParser:
             return
         try:
             obj = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(obj, dict):
             self.observe(obj)
@@ -523,7 +523,7 @@ class JSONUsageParser:
             return None
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             _log.warn("metrics: invalid JSON in response body path={path}", path=self.path)
             return None
         usage = timings = None

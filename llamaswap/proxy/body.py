@@ -87,6 +87,8 @@ def inspectBody(raw: bytes, contentType: bytes | None) -> InferenceBody:
             parsed = json.loads(raw)
         except ValueError as e:
             raise BadRequest(f"invalid JSON body: {e}")
+        except RecursionError:
+            raise BadRequest("invalid JSON body: nested too deeply")
         if not isinstance(parsed, dict):
             raise BadRequest("the request body must be a JSON object")
         model = parsed.get("model")

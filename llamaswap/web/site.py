@@ -6,20 +6,71 @@ reference's format.
 
 from __future__ import annotations
 
+import json
+
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from llamaswap.listening import headDeadlineProtocol
 
+_log = Logger(namespace="llamaswap.web")
+
 
 class LlamaSwapRequest(Request):
     """
-    A request that notes when it arrived (for the access log), and that is
-    logged also when its client goes away before the answer ended.
+    A request that notes when it arrived (for the access log), that is
+    logged also when its client goes away before the answer ended, and that
+    refuses a body over its site's C{bodyLimit} while it arrives:
+    twisted.web would otherwise spool any body, however long (or endless),
+    to disk before llamaswap sees the request.
     """
 
     arrived: float | None = None
     logged = False
+    _bodyBytes = 0
+    _refused = False
+
+    def _bodyLimit(self) -> int | None:
+        return getattr(getattr(self.channel, "site", None), "bodyLimit", None)
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        limit = self._bodyLimit()
+        if limit is not None and length is not None and length > limit:
+            self._refuseBody(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._bodyBytes += len(data)
+        limit = self._bodyLimit()
+        if limit is not None and self._bodyBytes > limit:
+            self._refuseBody(limit)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuseBody(self, limit: int) -> None:
+        """
+        Answer 413 (OpenAI-style) at once, without the rest of the body, and
+        close the connection.
+        """
+        self._refused = True
+        self.logged = True  # the request line was never parsed into fields
+        _log.warn("request body over {limit} bytes refused with 413", limit=limit)
+        # No "100 Continue" after the answer: the client is not to go on.
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": {
+            "message": f"request body exceeds the limit of {limit} bytes",
+            "type": "invalid_request_error", "code": 413}}).encode()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
         site = getattr(self, "site", None)
@@ -42,6 +93,9 @@ class AccessLoggingSite(Site):
 
     requestFactory = LlamaSwapRequest
     protocol = headDeadlineProtocol  # a request head has a deadline of its own
+
+    #: The cap on request bodies, in bytes (L{None}: none).
+    bodyLimit: int | None = None
 
     def __init__(self, resource, clock) -> None:
         # Leave bodies alone: twisted.web would otherwise parse every form
