@@ -33,9 +33,9 @@ from tests.chaos.support import (
 #: The bystander streams this many tokens, 50 ms apart.
 BYSTANDER_TOKENS = 40
 
-#: The name issue 11 gives the per-model idle timeout between body bytes
-#: (C{timeouts.<this>}, seconds).
-IDLE_TIMEOUT_KEY = "idle"
+#: The per-model idle timeout between body bytes (C{timeouts.<this>},
+#: seconds).
+IDLE_TIMEOUT_KEY = "responseIdle"
 
 
 def daemonWith(testCase: TestCase, victim: dict[str, Any],
@@ -143,8 +143,6 @@ class UpstreamFaultTests(TestCase):
         bystander.check(self, BYSTANDER_TOKENS)
         d.assertNoLeak(fds)
 
-    test_headersThenHangEndsAtIdleTimeout.todo = (  # type: ignore[attr-defined]
-        "needs issue 11: headers relayed when they arrive, and the idle timeout")
 
     def test_garbageInsteadOfHTTPIs502(self) -> None:
         """
@@ -255,8 +253,6 @@ class UpstreamFaultTests(TestCase):
         self.assertIn("failed to start", error["message"])
         self.assertIn("nonexistent", error["message"])
 
-    test_commandNotFoundSaysWhy.todo = (  # type: ignore[attr-defined]
-        "needs issue 12: a failed start's message says why (exit code and last lines)")
 
     def test_cmdStopHangingStillStops(self) -> None:
         """
@@ -322,8 +318,6 @@ class UpstreamFaultTests(TestCase):
                 os.kill(pid, signal.SIGKILL)
         d.assertNoLeak(fds)
 
-    test_setsidHelperDoesNotEscape.todo = (  # type: ignore[attr-defined]
-        "needs issue 12: descendants that left the process group are tracked and killed")
 
 
 #: On the command line of the hanging C{cmdStop}.
