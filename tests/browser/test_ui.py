@@ -191,11 +191,23 @@ class UITests(unittest.TestCase):
         expect(lines.get_by_text(re.compile("model=demo-small")).first).to_be_visible()
         expect(lines.get_by_text(re.compile("model=demo-(medium|large)"))).to_have_count(0)
 
-    def test_performanceRendersWithNoGPU(self):
+    def test_performanceRendersWithNoGPUAndGrowsFromTheStream(self):
         expect = _expect()
-        page = self.open("performance")
+        page = self.browser.page()
+        self.addCleanup(page.context.close)
+        reads = []
+        page.on("request", lambda r: "/api/performance" in r.url and reads.append(r.url))
+        page.goto(self.daemon.base + "/ui/#/performance")
         expect(page.get_by_text("No GPU metrics on this machine.")).to_be_visible()
+        count = page.locator(".perf-count")
+        expect(count).to_have_text(re.compile(r"^\d+ samples? · latest"))
+        before = int(count.inner_text().split()[0])
+        expect(page.get_by_role("figure", name="CPU utilisation (mean of cores)")).to_be_visible()
         self.shot(page, "performance-desktop-light")
+        # The monitor samples every 5 s; the next sample comes through the
+        # event stream, not from another read of /api/performance.
+        expect(count).to_have_text(re.compile(rf"^{before + 1} samples · latest"), timeout=15000)
+        self.assertEqual(len(reads), 1, reads)
 
     def test_configShowsTheEffectiveConfigAndReloads(self):
         expect = _expect()
