@@ -145,6 +145,12 @@ class UITests(unittest.TestCase):
         row = table.get_by_role("row").filter(has_text="/v1/chat/completions").first
         expect(row).to_be_visible()
         expect(row.get_by_text("demo-small")).to_be_visible()
+        # Any request through /upstream/ shows up too, not only POSTs.
+        status, _ = self.daemon.request("GET", "/upstream/demo-small/v1/models")
+        self.assertEqual(status, 200)
+        upstream = table.get_by_role("row").filter(has_text="/upstream/demo-small/v1/models")
+        expect(upstream.first).to_be_visible()
+        expect(upstream.first.get_by_text("200")).to_be_visible()
         self.shot(page, "activity-desktop-light")
         page.get_by_label("Status").select_option("error")
         expect(table.get_by_text("No request matches the filters.")).to_be_visible()
