@@ -123,6 +123,9 @@ export async function loadPerformance() {
 
 function models(list) {
   const now = Date.now() / 1000;
+  // When this page heard each record: a load's elapsed time keeps counting
+  // from there between two progress reports.
+  for (const m of list) m.heardAt = now;
   const seen = { ...store.state.seen };
   for (const m of list) {
     const before = seen[m.id];

@@ -247,11 +247,20 @@ class UITests(unittest.TestCase):
         self.shot(page, "playground-images-desktop-light")
 
     def test_aModelThatFailsToStartSaysSo(self):
+        """
+        Its C{failure}: the reason, the exit code (once) and the last lines
+        it printed.
+        """
         expect = _expect()
         page = self.open("models")
         page.get_by_role("button", name="Load demo-broken").click()
         row = page.get_by_role("row").filter(has_text="demo-broken")
-        expect(row.get_by_role("alert").filter(has_text="Load failed")).to_be_visible(timeout=20000)
+        alert = row.get_by_role("alert").filter(has_text="Failed to start")
+        expect(alert).to_be_visible(timeout=20000)
+        expect(alert).to_contain_text("exited prematurely (exit code 3)")
+        self.assertEqual(alert.inner_text().count("exit code 3"), 1, alert.inner_text())
+        expect(alert.get_by_label("Last output lines")).to_have_text("cannot open /models/missing.gguf")
+        expect(row.get_by_text("failed", exact=True)).to_be_visible()
         self.shot(page, "models-failed-desktop-light")
         self.expectedStatuses.add(502)
 
@@ -432,6 +441,78 @@ class UITests(unittest.TestCase):
                     page.wait_for_timeout(150)
                     self.shot(page, f"{ROUTES[name] or 'playground'}-{label}-{scheme}")
                 page.context.close()
+
+
+MEMORY = "memory:\n  budget: 6GiB\n  models:\n    demo-small: 1GiB\n    demo-large: 4GiB\n"
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class RuntimeFieldsTests(unittest.TestCase):
+    """
+    The lifecycle's runtime fields on the Models page, with the memory
+    planner on: C{memory} (need, source, budget left), load C{progress},
+    the C{unloadAt} countdown, C{lastUsed}, a C{failure}; screenshots at
+    both widths and in both themes.
+    """
+
+    tearDown = UITests.tearDown
+    open = UITests.open
+    shot = UITests.shot
+
+    def setUp(self):
+        self.daemon, self.browser = shared("memory", MEMORY)
+        self.shots = artifactsDir()
+        self.browser.errors.clear()
+        self.expectedStatuses: set[int] = set()
+
+    def shotAll(self, pages, name, model):
+        """
+        Screenshot every page, C{model}'s row in view.
+        """
+        for label, page in pages.items():
+            page.get_by_role("row").filter(has_text=model).scroll_into_view_if_needed()
+            self.shot(page, f"models-{name}-{label}")
+
+    def test_memoryProgressCountdownLastUsedAndFailure(self):
+        expect = _expect()
+        page = self.open("models", 1280, 900)
+        pages = {"desktop-light": page, "desktop-dark": self.open("models", 1280, 900, "dark"),
+                 "phone-light": self.open("models", 390, 844),
+                 "phone-dark": self.open("models", 390, 844, "dark")}
+        row = lambda m: page.get_by_role("row").filter(has_text=m)  # noqa: E731
+        left = page.get_by_label("GPU memory budget left")
+        expect(left).to_have_text("GPU memory left: 6.0 GiB")
+        expect(row("demo-large")).to_contain_text("4.0 GiB · declared")
+        expect(row("demo-medium")).to_contain_text("unknown · runs alone until measured")
+        # A model that fails: its reason and last lines (an unknown need
+        # runs alone, so this goes first).
+        self.expectedStatuses.add(502)
+        page.get_by_role("button", name="Load demo-broken").click()
+        failure = row("demo-broken").get_by_role("alert").filter(has_text="Failed to start")
+        expect(failure).to_contain_text("(exit code 3)", timeout=20000)
+        expect(failure.get_by_label("Last output lines")).to_contain_text("missing.gguf")
+        # The first load teaches the load time: the second shows a
+        # determinate progress bar against it.
+        self.assertEqual(self.daemon.request("POST", "/api/models/load/demo-large")[0], 200)
+        expect(left).to_have_text("GPU memory left: 2.0 GiB")
+        expect(row("demo-large")).to_contain_text(re.compile(r"unloads in [45]:\d\d"))
+        self.assertEqual(self.daemon.request("POST", "/api/models/unload/demo-large")[0], 200)
+        expect(page.get_by_role("button", name="Load demo-large")).to_be_enabled()
+        page.get_by_role("button", name="Load demo-large").click()
+        bar = page.get_by_role("progressbar", name="Loading demo-large")
+        expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^\d+$"))
+        expect(row("demo-large")).to_contain_text(re.compile(r"loading… .* of ~\d"))
+        self.shotAll(pages, "starting", "demo-large")
+        expect(row("demo-large").get_by_text("ready", exact=True)).to_be_visible(timeout=20000)
+        status, _ = self.daemon.request("POST", "/v1/chat/completions", {
+            "model": "demo-small", "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual(status, 200)
+        small = row("demo-small")
+        expect(small.get_by_text("ready", exact=True)).to_be_visible()
+        expect(small.locator("dd").filter(has_text="just now")).to_be_visible()
+        expect(row("demo-large").locator("dd").filter(has_text="never")).to_be_visible()
+        expect(left).to_have_text("GPU memory left: 1.0 GiB")
+        self.shotAll(pages, "memory", "demo-small")
 
 
 @unittest.skipIf(SKIP, SKIP or "")
