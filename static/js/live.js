@@ -99,6 +99,8 @@ function addPerformance(data) {
   const perf = store.state.perf;
   store.set({ perf: {
     ...perf,
+    // Samples arriving mean a monitor runs (a reload may have enabled it).
+    status: perf.status === "disabled" ? "ok" : perf.status,
     sys: mergeSamples(perf.sys, data.sys_stats || [], (r) => r.timestamp, MAX_SYS_SAMPLES),
     gpu: mergeSamples(perf.gpu, data.gpu_stats || [], (r) => r.timestamp + "/" + r.id, MAX_GPU_SAMPLES),
   } });

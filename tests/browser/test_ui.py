@@ -1,7 +1,9 @@
 """
 The web UI at C{/ui/} in a real headless Chromium against a real daemon
 serving the demo config: live model states, streamed chat, activity and
-captures, logs, performance without a GPU, the API-key prompt, the phone
+captures, logs, performance without a GPU and growing from the event stream,
+the runtime fields of the Models page (failure, progress, TTL countdown,
+last used, memory), the API-key prompt, the phone
 width, no console errors; screenshots of every page (desktop and phone,
 light and dark) go to the artifacts folder (L{artifactsDir}).
 """
@@ -479,7 +481,10 @@ class RuntimeFieldsTests(unittest.TestCase):
         pages = {"desktop-light": page, "desktop-dark": self.open("models", 1280, 900, "dark"),
                  "phone-light": self.open("models", 390, 844),
                  "phone-dark": self.open("models", 390, 844, "dark")}
-        row = lambda m: page.get_by_role("row").filter(has_text=m)  # noqa: E731
+
+        def row(modelId):
+            return page.get_by_role("row").filter(has_text=modelId)
+
         left = page.get_by_label("GPU memory budget left")
         expect(left).to_have_text("GPU memory left: 6.0 GiB")
         expect(row("demo-large")).to_contain_text("4.0 GiB · declared")
