@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from llamaswap.config import loadConfigText
+from llamaswap.observe import performance as performanceModule
 from llamaswap.observe.gpu import NvmlProbe
 from llamaswap.observe.observatory import Observatory
 from llamaswap.observe.performance import (
@@ -125,6 +126,43 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(self.threads.called()[-1], self.gpu.shutdown)
         self.assertEqual(self.nvml.calls, ["init", "shutdown"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_subscribersHearEachStoredSample(self):
+        """
+        Each stored sample goes to every subscriber as it is stored; a
+        poll that stores nothing tells none; a subscriber that raises is
+        logged and dropped, the others still hear; unsubscribing stops it.
+        """
+        monitor = self.monitor(gpu=None)
+        heard, broken = [], []
+
+        def fails(sample):
+            broken.append(sample)
+            raise RuntimeError("subscriber bug")
+
+        unsubscribe = monitor.subscribe(heard.append)
+        monitor.subscribe(fails)
+        monitor.startService()
+        self.assertEqual(len(heard), 1)
+        self.assertEqual(heard[0], monitor.samples()[-1])
+        self.assertEqual(heard[0].sysStat["timestamp"], "2023-11-14T22:13:20Z")
+        self.assertEqual(len(broken), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(5)
+        self.assertEqual(len(heard), 2)
+        self.assertEqual(len(broken), 1, "a failing subscriber is dropped")
+        unsubscribe()
+        unsubscribe()
+        self.clock.advance(5)
+        self.assertEqual(len(heard), 2)
+
+    def test_aPollThatStoresNothingTellsNoSubscriber(self):
+        monitor = self.monitor(system=FlakyProbe([RuntimeError("no /proc")]), gpu=None)
+        heard = []
+        monitor.subscribe(heard.append)
+        monitor.startService()
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual((monitor.polls, monitor.samples(), heard), (1, [], []))
 
     def test_snapshotShape(self):
         monitor = self.monitor()
@@ -461,3 +499,73 @@ class ObservatoryTests(SynchronousTestCase):
         self.assertIn(b"performance monitor not available", body)
         observatory.startService()
         self.successResultOf(observatory.stopService())
+
+
+class PublishingTests(SynchronousTestCase):
+    """
+    The observatory publishes each new sample on the UI's event bus as a
+    C{performance} message, only while a client follows the bus.
+    """
+
+    MODELS = ObservatoryTests.MODELS
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1700000000)
+        self.patch(performanceModule, "_threadRunner", lambda reactor: FakeThreads())
+        self.proc = FakeProc(self.mktemp())
+        self.gpu = NvmlProbe(FakeNvml())
+        self.observatory = Observatory(
+            loadConfigText("performance: {every: 5s}\n" + self.MODELS), self.clock,
+            gpuProbe=self.gpu, systemProbe=SystemProbe(self.proc.root, platform="linux"))
+        self.observatory.performance.tz = timezone.utc
+        self.observatory.startService()
+        self.addCleanup(self.observatory.stopService)
+
+    def messages(self, frames):
+        out = []
+        for frame in frames:
+            outer = json.loads(frame.split(b"data:", 1)[1])
+            out.append((outer["type"], json.loads(outer["data"])))
+        return out
+
+    def test_eachSampleIsPublishedWhileAClientListens(self):
+        bus = self.observatory.bus
+        self.assertEqual(bus.published, 0, "no client: nothing built")
+        frames = []
+        unsubscribe = bus.subscribe(frames.append)
+        self.clock.advance(5)
+        [(kind, data)] = self.messages(frames)
+        self.assertEqual(kind, "performance")
+        self.assertEqual(set(data), {"sys_stats", "gpu_stats"})
+        [sysStat] = data["sys_stats"]
+        self.assertEqual(set(sysStat), SYS_KEYS)
+        self.assertEqual(sysStat["timestamp"], "2023-11-14T22:13:25Z")
+        self.assertEqual([set(g) for g in data["gpu_stats"]], [GPU_KEYS] * len(data["gpu_stats"]))
+        self.assertEqual(data, self.observatory.performance.snapshot(
+            self.observatory.performance.samples()[-2].at))
+        unsubscribe()
+        published = bus.published
+        self.clock.advance(5)
+        self.assertEqual(bus.published, published, "the client left: nothing built")
+
+    def test_aReloadedMonitorIsFollowed(self):
+        old = self.observatory.performance
+        self.observatory.reconfigure(loadConfigText("performance: {every: 6s}\n" + self.MODELS))
+        new = self.observatory.performance
+        self.assertIsNot(new, old)
+        frames = []
+        self.observatory.bus.subscribe(frames.append)
+        self.clock.advance(6)
+        kinds = [kind for kind, _ in self.messages(frames)]
+        self.assertEqual(kinds, ["performance"], "the new monitor only")
+        old._store(self.clock.seconds(), {"System": {"cpuPerCore": [1.0]}})
+        self.assertEqual(len(frames), 1, "the replaced monitor is not followed")
+
+    def test_stopEndsPublishing(self):
+        frames = []
+        self.observatory.bus.subscribe(frames.append)
+        monitor = self.observatory.performance
+        self.successResultOf(self.observatory.stopService())
+        monitor._store(self.clock.seconds(), {"System": {"cpuPerCore": [1.0]}})
+        self.assertEqual(frames, [])

@@ -8,7 +8,9 @@ Every message is one SSE frame, exactly as the reference writes it::
     data:{"type":"<T>","data":"<the payload, JSON-encoded, as a string>"}
 
 followed by a blank line.  Types: C{modelStatus}, C{logData}, C{metrics},
-C{inflight}.  There is no C{id:}, no C{retry:} and no heartbeat.
+C{inflight}, and (beyond the reference) C{performance}: each new sample of
+the performance monitor, as C{{"sys_stats": [...], "gpu_stats": [...]}}
+(the shape of C{GET /api/performance}).  There is no C{id:}, no C{retry:} and no heartbeat.
 """
 
 from __future__ import annotations
@@ -255,6 +257,34 @@ def publishActivity(bus: EventBus, activity) -> Callable[[], None]:
             bus.publish("metrics", [activity.asJSON(record)])
 
     return activity.subscribe(added)
+
+
+def performanceMessage(sample) -> dict[str, list[dict[str, Any]]]:
+    """
+    @param sample: a L{llamaswap.observe.performance.PerformanceSample}.
+    @return: the payload of its C{performance} message: the records
+        C{GET /api/performance} would list for it.
+    """
+    return {
+        "sys_stats": [] if sample.sysStat is None else [sample.sysStat],
+        "gpu_stats": list(sample.gpuStats),
+    }
+
+
+def publishPerformance(bus: EventBus, monitor) -> Callable[[], None]:
+    """
+    Publish a C{performance} message (L{performanceMessage}) for every
+    sample C{monitor} (an
+    L{llamaswap.observe.performance.PerformanceMonitor}) stores, while
+    some client follows the bus; with none, nothing is built.
+
+    @return: a function that stops publishing.
+    """
+    def sampled(sample) -> None:
+        if bus.subscriberCount:
+            bus.publish("performance", performanceMessage(sample))
+
+    return monitor.subscribe(sampled)
 
 
 def initialBurst(logs, modelStatus: Callable[[], Any], activity,

@@ -34,6 +34,7 @@ from llamaswap.observe.events import (
     initialBurst,
     publishActivity,
     publishLogs,
+    publishPerformance,
 )
 from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.observe.gpu import NvmlProbe
@@ -219,6 +220,7 @@ class Observatory(Service):
         self.log = Logger(source=self, observer=self._publisher)
         self._observer = self.hub.proxyObserver(config.logLevel, config.logTimeFormat)
         self._unsubscribe: list[Callable[[], None]] = []
+        self._unsubscribePerformance: Callable[[], None] | None = None
         self._shapeOwnLog = shapeOwnLog
         self._shaped: list[tuple[Any, Any]] = []
         self._runtime: dict[str, dict[str, Any]] = {}
@@ -237,7 +239,22 @@ class Observatory(Service):
             publishActivity(self.bus, self.activity),
         ]
         if self.performance is not None:
+            self._followPerformance()
             self.performance.startService()
+
+    def _followPerformance(self) -> None:
+        """
+        Publish the current monitor's samples on the bus (and no longer
+        those of a monitor it replaced).
+        """
+        self._unfollowPerformance()
+        if self.performance is not None:
+            self._unsubscribePerformance = publishPerformance(self.bus, self.performance)
+
+    def _unfollowPerformance(self) -> None:
+        unsubscribe, self._unsubscribePerformance = self._unsubscribePerformance, None
+        if unsubscribe is not None:
+            unsubscribe()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -249,6 +266,7 @@ class Observatory(Service):
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
+        self._unfollowPerformance()
         self.streams.close()
         self.events.close()
         if self.performance is not None and self.performance.running:
@@ -318,8 +336,10 @@ class Observatory(Service):
         if previous is not None and previous.running:
             previous.stopService().addErrback(
                 lambda f: self.log.failure("stopping the performance monitor", f))
+        self._unfollowPerformance()
         self.performance = self._monitor(config)
         if self.performance is not None and self.running:
+            self._followPerformance()
             self.performance.startService()
         self.gpu = self.performance
         self.metrics.attachMonitor(self.performance)

@@ -5,7 +5,9 @@ samples the host (L{llamaswap.observe.system.SystemProbe}) and the GPUs
 (L{llamaswap.observe.gpu.NvmlProbe}) every C{performance.every} seconds,
 off the reactor thread, and keeps one hour of samples for
 C{GET /api/performance} (L{llamaswap.web.performance.PerformanceResource}) and the latest one for
-C{/metrics} (L{llamaswap.observe.prom.PerformanceCollector}).
+C{/metrics} (L{llamaswap.observe.prom.PerformanceCollector}).  Subscribers
+(L{PerformanceMonitor.subscribe}) hear of each new sample as it is stored:
+the UI's event stream carries them as C{performance} messages.
 
 With C{performance.disabled} there is no monitor at all; both routes answer
 503.
@@ -27,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from llamaswap.observe._time import rfc3339Nano
+from llamaswap.observe.subscribers import Subscribers
 
 #: Bytes in the reference's "MB".
 MB = 1048576
@@ -222,6 +225,7 @@ class PerformanceMonitor(Service):
         self._latestWhen: float | None = None
         self._loop: LoopingCall | None = None
         self._inFlight: Deferred[None] | None = None
+        self._subscribers = Subscribers()
         self.polls = 0
         self.failures = 0
 
@@ -367,14 +371,35 @@ class PerformanceMonitor(Service):
         if system is None and not gpus:
             return
         timestamp = rfc3339Nano(when, self.tz)
-        self._samples.append(PerformanceSample(
+        sample = PerformanceSample(
             when=when,
             at=datetime.fromtimestamp(when, timezone.utc),
             system=system,
             gpus=gpus,
             sysStat=None if system is None else systemStat(timestamp, system),
             gpuStats=tuple(gpuStat(timestamp, gpu) for gpu in gpus),
-        ))
+        )
+        self._samples.append(sample)
+        self._notify(sample)
+
+    def _notify(self, sample: PerformanceSample) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(sample)
+            except Exception:
+                self._subscribers.discard(callback)
+                self.log.failure("performance subscriber failed; unsubscribed")
+
+    def subscribe(self, callback: Callable[[PerformanceSample], object]) -> Callable[[], None]:
+        """
+        Call C{callback(sample)} with every later L{PerformanceSample} as
+        it is stored (a poll in which every probe failed stores none).  A
+        callback that raises is logged and unsubscribed.
+
+        @return: a function that unsubscribes; calling it again does
+            nothing.
+        """
+        return self._subscribers.add(callback)
 
     def _checkAvailability(self, sources: list[_Source]) -> None:
         for source in sources:

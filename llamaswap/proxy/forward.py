@@ -20,7 +20,7 @@ from llamaswap.proxy.multipart import SplicedFileProducer, bodyProducer
 from llamaswap.proxy.peers import peerUnreachable, upstreamRequest
 from llamaswap.proxy.relay import RelayResource, UpstreamClients
 
-#: C{/upstream/...} POST bodies up to this size are kept for their capture.
+#: C{/upstream/...} request bodies up to this size are kept for their capture.
 CAPTURED_UPSTREAM_BODY = 1024 * 1024
 
 
@@ -86,7 +86,10 @@ class Forwarder:
             else:
                 payload, raw = self._passthrough(request)
             meter = None
-            if self.observatory is not None and request.method == b"POST":
+            # Model routes are metered for POSTs (the reference's rule);
+            # /upstream/... passthrough for every method, so that the UI's
+            # activity shows all of it.
+            if self.observatory is not None and (body is None or request.method == b"POST"):
                 path = request.path.decode("utf-8", "replace")
                 # Prometheus labels stay few: every passthrough path is one
                 # route, "/upstream" (the activity entry keeps the path).
@@ -158,7 +161,7 @@ class Forwarder:
         if not length:
             return None, None
         raw = None
-        if length <= CAPTURED_UPSTREAM_BODY and request.method == b"POST":
+        if length <= CAPTURED_UPSTREAM_BODY:
             raw = request.content.read()
             request.content.seek(0)
         return SplicedFileProducer(request.content, length, clock=self.clock), raw

@@ -2,12 +2,15 @@
 // short-lived token from POST /api/events/token (EventSource cannot send
 // the API key), reconnected with backoff.  History is kept across
 // reconnects: activity entries are merged, logs continue after the last
-// line already shown.
+// line already shown, performance samples missed while away are read once
+// with ?after=.
 import { call, getJSON } from "./api.js";
 import { store } from "./store.js";
 
 const MAX_LOG_LINES = 4000;
 const MAX_ACTIVITY = 5000;
+const MAX_SYS_SAMPLES = 2000;    // over an hour at the monitor's fastest (5 s)
+const MAX_GPU_SAMPLES = 16000;
 let source = null;
 let retry = 0;
 let timer = null;
@@ -43,7 +46,9 @@ async function open() {
   source = es;
   es.onopen = () => {
     retry = 0;
+    const again = store.state.everConnected;
     store.set({ conn: "open", everConnected: true });
+    if (again && store.state.perf.status === "ok") loadPerformance();   // what the gap missed
     getJSON("/api/version").then((v) => store.set({ version: v }), () => {});
   };
   es.onmessage = (event) => {
@@ -74,10 +79,55 @@ function handle(type, data) {
   if (type === "logData") return logData(data.source, data.data);
   if (type === "metrics") return metrics(data);
   if (type === "inflight") return store.set({ inflight: data.total });
+  if (type === "performance") return addPerformance(data);
+}
+
+const stamp = (r) => Date.parse(r.timestamp);
+
+// Merge performance records into `old` (oldest first), once each.
+function mergeSamples(old, added, keyOf, max) {
+  if (!added.length) return old;
+  const known = new Set(old.map(keyOf));
+  const fresh = added.filter((r) => !known.has(keyOf(r)));
+  if (!fresh.length) return old;
+  let next = old.concat(fresh);
+  if (old.length && stamp(fresh[0]) < stamp(old[old.length - 1])) next.sort((a, b) => stamp(a) - stamp(b));
+  return next.length > max ? next.slice(next.length - max) : next;
+}
+
+function addPerformance(data) {
+  const perf = store.state.perf;
+  store.set({ perf: {
+    ...perf,
+    // Samples arriving mean a monitor runs (a reload may have enabled it).
+    status: perf.status === "disabled" ? "ok" : perf.status,
+    sys: mergeSamples(perf.sys, data.sys_stats || [], (r) => r.timestamp, MAX_SYS_SAMPLES),
+    gpu: mergeSamples(perf.gpu, data.gpu_stats || [], (r) => r.timestamp + "/" + r.id, MAX_GPU_SAMPLES),
+  } });
+}
+
+// Read the kept samples from GET /api/performance (those after the newest
+// already here, if any) and merge them with what the stream brought.  Once
+// when the Performance page first opens, and after a reconnection.
+export async function loadPerformance() {
+  const perf = store.state.perf;
+  if (perf.status === "idle") store.set({ perf: { ...perf, status: "loading" } });
+  const last = perf.status === "ok" && perf.sys.length ? perf.sys[perf.sys.length - 1].timestamp : "";
+  try {
+    const j = await getJSON("/api/performance" + (last ? "?after=" + encodeURIComponent(last) : ""));
+    addPerformance(j);
+    store.set({ perf: { ...store.state.perf, status: "ok", message: "" } });
+  } catch (e) {
+    if (e.status === 503) store.set({ perf: { ...store.state.perf, status: "disabled" } });
+    else if (store.state.perf.status !== "ok") store.set({ perf: { ...store.state.perf, status: "error", message: e.message } });
+  }
 }
 
 function models(list) {
   const now = Date.now() / 1000;
+  // When this page heard each record: a load's elapsed time keeps counting
+  // from there between two progress reports.
+  for (const m of list) m.heardAt = now;
   const seen = { ...store.state.seen };
   for (const m of list) {
     const before = seen[m.id];

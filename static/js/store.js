@@ -16,6 +16,9 @@ export const store = {
     epoch: 0,
     logs: { proxy: [], upstream: [] },
     logSeq: 0,
+    // Performance samples (GET /api/performance records), oldest first:
+    // history read once, then each new sample from the event stream.
+    perf: { sys: [], gpu: [], status: "idle", message: "" },   // idle | loading | ok | disabled | error
     version: null,
     playgroundBusy: false,
   },

@@ -25,6 +25,16 @@ export function seconds(s) {
   return (s / 3600).toFixed(1) + " h";
 }
 
+// A countdown: "4:05", "1:02:03"; "now" at or past zero.
+export function countdown(s) {
+  if (s === null || s === undefined || isNaN(s)) return "–";
+  s = Math.floor(s);
+  if (s <= 0) return "now";
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  return h ? h + ":" + pad(m) + ":" + pad(r) : m + ":" + pad(r);
+}
+
 export function ago(epochSeconds, nowMs = Date.now()) {
   if (!epochSeconds) return "never";
   const s = nowMs / 1000 - epochSeconds;
@@ -34,7 +44,7 @@ export function ago(epochSeconds, nowMs = Date.now()) {
 
 export function bytes(n) {
   if (n === null || n === undefined) return "–";
-  const units = ["B", "KB", "MB", "GB", "TB"];
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
   return (i ? n.toFixed(1) : n) + " " + units[i];

@@ -1,7 +1,9 @@
 """
 The web UI at C{/ui/} in a real headless Chromium against a real daemon
 serving the demo config: live model states, streamed chat, activity and
-captures, logs, performance without a GPU, the API-key prompt, the phone
+captures, logs, performance without a GPU and growing from the event stream,
+the runtime fields of the Models page (failure, progress, TTL countdown,
+last used, memory), the API-key prompt, the phone
 width, no console errors; screenshots of every page (desktop and phone,
 light and dark) go to the artifacts folder (L{artifactsDir}).
 """
@@ -145,6 +147,12 @@ class UITests(unittest.TestCase):
         row = table.get_by_role("row").filter(has_text="/v1/chat/completions").first
         expect(row).to_be_visible()
         expect(row.get_by_text("demo-small")).to_be_visible()
+        # Any request through /upstream/ shows up too, not only POSTs.
+        status, _ = self.daemon.request("GET", "/upstream/demo-small/v1/models")
+        self.assertEqual(status, 200)
+        upstream = table.get_by_role("row").filter(has_text="/upstream/demo-small/v1/models")
+        expect(upstream.first).to_be_visible()
+        expect(upstream.first.get_by_text("200")).to_be_visible()
         self.shot(page, "activity-desktop-light")
         page.get_by_label("Status").select_option("error")
         expect(table.get_by_text("No request matches the filters.")).to_be_visible()
@@ -191,11 +199,23 @@ class UITests(unittest.TestCase):
         expect(lines.get_by_text(re.compile("model=demo-small")).first).to_be_visible()
         expect(lines.get_by_text(re.compile("model=demo-(medium|large)"))).to_have_count(0)
 
-    def test_performanceRendersWithNoGPU(self):
+    def test_performanceRendersWithNoGPUAndGrowsFromTheStream(self):
         expect = _expect()
-        page = self.open("performance")
+        page = self.browser.page()
+        self.addCleanup(page.context.close)
+        reads = []
+        page.on("request", lambda r: "/api/performance" in r.url and reads.append(r.url))
+        page.goto(self.daemon.base + "/ui/#/performance")
         expect(page.get_by_text("No GPU metrics on this machine.")).to_be_visible()
+        count = page.locator(".perf-count")
+        expect(count).to_have_text(re.compile(r"^\d+ samples? · latest"))
+        before = int(count.inner_text().split()[0])
+        expect(page.get_by_role("figure", name="CPU utilisation (mean of cores)")).to_be_visible()
         self.shot(page, "performance-desktop-light")
+        # The monitor samples every 5 s; the next sample comes through the
+        # event stream, not from another read of /api/performance.
+        expect(count).to_have_text(re.compile(rf"^{before + 1} samples · latest"), timeout=15000)
+        self.assertEqual(len(reads), 1, reads)
 
     def test_configShowsTheEffectiveConfigAndReloads(self):
         expect = _expect()
@@ -229,11 +249,20 @@ class UITests(unittest.TestCase):
         self.shot(page, "playground-images-desktop-light")
 
     def test_aModelThatFailsToStartSaysSo(self):
+        """
+        Its C{failure}: the reason, the exit code (once) and the last lines
+        it printed.
+        """
         expect = _expect()
         page = self.open("models")
         page.get_by_role("button", name="Load demo-broken").click()
         row = page.get_by_role("row").filter(has_text="demo-broken")
-        expect(row.get_by_role("alert").filter(has_text="Load failed")).to_be_visible(timeout=20000)
+        alert = row.get_by_role("alert").filter(has_text="Failed to start")
+        expect(alert).to_be_visible(timeout=20000)
+        expect(alert).to_contain_text("exited prematurely (exit code 3)")
+        self.assertEqual(alert.inner_text().count("exit code 3"), 1, alert.inner_text())
+        expect(alert.get_by_label("Last output lines")).to_have_text("cannot open /models/missing.gguf")
+        expect(row.get_by_text("failed", exact=True)).to_be_visible()
         self.shot(page, "models-failed-desktop-light")
         self.expectedStatuses.add(502)
 
@@ -414,6 +443,81 @@ class UITests(unittest.TestCase):
                     page.wait_for_timeout(150)
                     self.shot(page, f"{ROUTES[name] or 'playground'}-{label}-{scheme}")
                 page.context.close()
+
+
+MEMORY = "memory:\n  budget: 6GiB\n  models:\n    demo-small: 1GiB\n    demo-large: 4GiB\n"
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class RuntimeFieldsTests(unittest.TestCase):
+    """
+    The lifecycle's runtime fields on the Models page, with the memory
+    planner on: C{memory} (need, source, budget left), load C{progress},
+    the C{unloadAt} countdown, C{lastUsed}, a C{failure}; screenshots at
+    both widths and in both themes.
+    """
+
+    tearDown = UITests.tearDown
+    open = UITests.open
+    shot = UITests.shot
+
+    def setUp(self):
+        self.daemon, self.browser = shared("memory", MEMORY)
+        self.shots = artifactsDir()
+        self.browser.errors.clear()
+        self.expectedStatuses: set[int] = set()
+
+    def shotAll(self, pages, name, model):
+        """
+        Screenshot every page, C{model}'s row in view.
+        """
+        for label, page in pages.items():
+            page.get_by_role("row").filter(has_text=model).scroll_into_view_if_needed()
+            self.shot(page, f"models-{name}-{label}")
+
+    def test_memoryProgressCountdownLastUsedAndFailure(self):
+        expect = _expect()
+        page = self.open("models", 1280, 900)
+        pages = {"desktop-light": page, "desktop-dark": self.open("models", 1280, 900, "dark"),
+                 "phone-light": self.open("models", 390, 844),
+                 "phone-dark": self.open("models", 390, 844, "dark")}
+
+        def row(modelId):
+            return page.get_by_role("row").filter(has_text=modelId)
+
+        left = page.get_by_label("GPU memory budget left")
+        expect(left).to_have_text("GPU memory left: 6.0 GiB")
+        expect(row("demo-large")).to_contain_text("4.0 GiB · declared")
+        expect(row("demo-medium")).to_contain_text("unknown · runs alone until measured")
+        # A model that fails: its reason and last lines (an unknown need
+        # runs alone, so this goes first).
+        self.expectedStatuses.add(502)
+        page.get_by_role("button", name="Load demo-broken").click()
+        failure = row("demo-broken").get_by_role("alert").filter(has_text="Failed to start")
+        expect(failure).to_contain_text("(exit code 3)", timeout=20000)
+        expect(failure.get_by_label("Last output lines")).to_contain_text("missing.gguf")
+        # The first load teaches the load time: the second shows a
+        # determinate progress bar against it.
+        self.assertEqual(self.daemon.request("POST", "/api/models/load/demo-large")[0], 200)
+        expect(left).to_have_text("GPU memory left: 2.0 GiB")
+        expect(row("demo-large")).to_contain_text(re.compile(r"unloads in [45]:\d\d"))
+        self.assertEqual(self.daemon.request("POST", "/api/models/unload/demo-large")[0], 200)
+        expect(page.get_by_role("button", name="Load demo-large")).to_be_enabled()
+        page.get_by_role("button", name="Load demo-large").click()
+        bar = page.get_by_role("progressbar", name="Loading demo-large")
+        expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^\d+$"))
+        expect(row("demo-large")).to_contain_text(re.compile(r"loading… .* of ~\d"))
+        self.shotAll(pages, "starting", "demo-large")
+        expect(row("demo-large").get_by_text("ready", exact=True)).to_be_visible(timeout=20000)
+        status, _ = self.daemon.request("POST", "/v1/chat/completions", {
+            "model": "demo-small", "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual(status, 200)
+        small = row("demo-small")
+        expect(small.get_by_text("ready", exact=True)).to_be_visible()
+        expect(small.locator("dd").filter(has_text="just now")).to_be_visible()
+        expect(row("demo-large").locator("dd").filter(has_text="never")).to_be_visible()
+        expect(left).to_have_text("GPU memory left: 1.0 GiB")
+        self.shotAll(pages, "memory", "demo-small")
 
 
 @unittest.skipIf(SKIP, SKIP or "")

@@ -6,6 +6,7 @@ processes over real sockets.
 
 from __future__ import annotations
 
+import base64
 import json
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,6 +75,33 @@ class ObserveTests(TestCase):
         text = (await response.content()).decode()
         self.assertIn('route="/upstream"', text)
         self.assertNotIn('route="/upstream/obs', text)
+
+    @asyncTest
+    async def test_upstreamRequestsOfEveryMethodAreMetered(self) -> None:
+        """
+        Not only POSTs: a GET and a DELETE through C{/upstream/<model>/...}
+        each get an activity entry and an access-log line.
+        """
+        response = await self.daemon.http.get(self.daemon.base + "/upstream/obs/v1/models?probe=1")
+        self.assertEqual(response.code, 200)
+        listed = json.loads(await response.content())
+        response = await self.daemon.http.delete(self.daemon.base + "/upstream/obs/v1/models")
+        await response.content()
+        deleted = response.code
+        self.assertGreaterEqual(deleted, 400)
+        entries = await self.daemon.getJSON("/api/metrics")
+        self.assertEqual([(e["model"], e["req_path"], e["resp_status_code"]) for e in entries],
+                         [("obs", "/upstream/obs/v1/models", 200),
+                          ("obs", "/upstream/obs/v1/models", deleted)])
+        self.assertEqual(entries[0]["tokens"]["output_tokens"], 0)
+        self.assertIn("queue", entries[0]["phases"])
+        self.assertTrue(entries[0]["has_capture"])
+        capture = await self.daemon.getJSON(f"/api/captures/{entries[0]['id']}")
+        self.assertEqual(capture["req_path"], "/upstream/obs/v1/models")
+        self.assertEqual(json.loads(base64.b64decode(capture["resp_body"])), listed)
+        logs = (await (await self.daemon.http.get(self.daemon.base + "/logs")).content()).decode()
+        self.assertIn('"GET /upstream/obs/v1/models?probe=1 HTTP/1.1" 200', logs)
+        self.assertIn(f'"DELETE /upstream/obs/v1/models HTTP/1.1" {deleted}', logs)
 
     @asyncTest
     async def test_abortedStreamIsLoggedAndMetered(self) -> None:

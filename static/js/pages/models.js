@@ -2,7 +2,7 @@
 import { html, useState } from "../../vendor/htm-preact.js";
 import { call } from "../api.js";
 import { store, useNow, useStore } from "../store.js";
-import { ago, bytes, seconds } from "../util.js";
+import { ago, bytes, countdown, seconds } from "../util.js";
 
 const ACTIVE = new Set(["starting", "ready", "stopping"]);
 
@@ -12,19 +12,38 @@ export function StatePill({ model }) {
 
 function Progress({ model, since, now }) {
   const p = model.progress || {};
-  const elapsed = p.elapsed ?? (now / 1000 - since);
-  const fraction = p.fraction ?? (p.bytesTotal ? p.bytesLoaded / p.bytesTotal : (p.expected ? Math.min(elapsed / p.expected, 0.99) : null));
+  const elapsed = p.elapsed !== undefined && p.elapsed !== null
+    ? p.elapsed + Math.max(0, now / 1000 - (model.heardAt || now / 1000))
+    : Math.max(0, now / 1000 - since);
+  const fraction = p.bytesTotal ? Math.min(1, p.bytesLoaded / p.bytesTotal)
+    : p.expected ? Math.min(elapsed / p.expected, 0.99)
+    : (p.fraction ?? null);
+  const pct = fraction === null ? null : Math.round(fraction * 100);
   return html`<div class="progress">
-    <span>loading… ${seconds(elapsed)}${p.expected ? " of ~" + seconds(p.expected) : ""}${p.bytesTotal ? " · " + bytes(p.bytesLoaded) + " / " + bytes(p.bytesTotal) : ""}</span>
-    <div class=${"bar" + (fraction === null ? " indeterminate" : "")} role="progressbar" aria-label=${"Loading " + model.id}
-      aria-valuemin="0" aria-valuemax="100" aria-valuenow=${fraction === null ? undefined : Math.round(fraction * 100)}>
-      <span style=${{ width: fraction === null ? "30%" : Math.round(fraction * 100) + "%" }}></span></div></div>`;
+    <span>loading… ${seconds(elapsed)}${p.expected ? " of ~" + seconds(p.expected) : ""}${p.bytesTotal ? " · " + bytes(p.bytesLoaded) + " / " + bytes(p.bytesTotal) : ""}${pct === null ? "" : " · " + pct + "%"}</span>
+    <div class=${"bar" + (pct === null ? " indeterminate" : "")} role="progressbar" aria-label=${"Loading " + model.id}
+      aria-valuemin="0" aria-valuemax="100" aria-valuenow=${pct === null ? undefined : pct}>
+      <span style=${{ width: pct === null ? "30%" : pct + "%" }}></span></div></div>`;
 }
 
 function Failure({ failure }) {
   if (!failure) return null;
-  return html`<div class="failure" role="alert"><strong>Failed:</strong> ${failure.reason}${failure.exitCode !== null && failure.exitCode !== undefined ? " (exit code " + failure.exitCode + ")" : ""}
-    ${failure.lastLines && failure.lastLines.length ? html`<pre class="lastlines">${failure.lastLines.join("\n")}</pre>` : null}</div>`;
+  const code = failure.exitCode !== null && failure.exitCode !== undefined
+    && !String(failure.reason || "").includes("exit code " + failure.exitCode)
+    ? " (exit code " + failure.exitCode + ")" : "";
+  const lines = failure.lastLines || [];
+  return html`<div class="failure" role="alert"><strong>Failed to start:</strong> ${failure.reason}${code}
+    ${lines.length ? html`<pre class="lastlines" aria-label="Last output lines">${lines.join("\n")}</pre>` : null}</div>`;
+}
+
+function memoryText(memory) {
+  if (memory.needBytes === null || memory.needBytes === undefined) return "unknown · runs alone until measured";
+  return bytes(memory.needBytes) + " · " + memory.source;
+}
+
+function budgetLeft(memory) {
+  return memory.budgetLeftBytes === null || memory.budgetLeftBytes === undefined
+    ? "unknown" : bytes(memory.budgetLeftBytes);
 }
 
 function facts(model, now) {
@@ -33,7 +52,7 @@ function facts(model, now) {
   if (model.matrixSets && model.matrixSets.length) out.push(["Matrix sets", model.matrixSets.join(", ")]);
   if (model.ttl) {
     let ttl = "TTL " + seconds(model.ttl);
-    if (model.unloadAt) ttl += " · unloads in " + seconds(model.unloadAt - now / 1000);
+    if (model.unloadAt) ttl += " · unloads in " + countdown(Math.min(model.ttl, model.unloadAt - now / 1000));
     out.push(["TTL", ttl]);
   } else out.push(["TTL", "no TTL (stays loaded)"]);
   if (model.pid) out.push(["PID", String(model.pid)]);
@@ -41,7 +60,7 @@ function facts(model, now) {
   if (port) out.push(["Port", String(port)]);
   out.push(["In flight", String(model.inFlight ?? 0) + (model.queued ? " · " + model.queued + " queued" : "")]);
   out.push(["Last used", ago(model.lastUsed, now)]);
-  if (model.memory) out.push(["Memory", bytes(model.memory.needBytes) + " (" + model.memory.source + ")"]);
+  if (model.memory) out.push(["Memory", memoryText(model.memory), "Budget left on its device: " + budgetLeft(model.memory)]);
   if (model.capabilities && model.capabilities.length) out.push(["Capabilities", model.capabilities.join(", ")]);
   return out;
 }
@@ -61,9 +80,9 @@ function ModelRow({ model, seen, now, live, error, act }) {
       ${model.state !== "stopped" && model.state !== "starting" && html`<span class="muted small"> for ${seconds(now / 1000 - since)}</span>`}
       ${model.state === "starting" && html`<${Progress} model=${model} since=${since} now=${now} />`}
       <${Failure} failure=${model.failure} />
-      ${error && html`<div class="failure" role="alert">${error}</div>`}
+      ${error && !(model.failure && error.startsWith("Load")) && html`<div class="failure" role="alert">${error}</div>`}
     </td>
-    <td class="facts" data-label="Facts"><dl>${facts(model, now).map(([k, v]) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`)}</dl></td>
+    <td class="facts" data-label="Facts"><dl>${facts(model, now).map(([k, v, title]) => html`<div title=${title}><dt>${k}</dt><dd>${v}</dd></div>`)}</dl></td>
     <td class="actions" data-label="Actions">
       ${active
         ? html`<button onClick=${() => act("unload", model.id)} disabled=${!live || model.state === "stopping"} aria-label=${"Unload " + model.id}>Unload</button>`
@@ -105,10 +124,12 @@ export function Models() {
     }
   };
   const running = models.filter((m) => !m.peerID && ACTIVE.has(m.state)).length;
+  const budgets = [...new Set(models.filter((m) => m.memory).map((m) => budgetLeft(m.memory)))];
   return html`<main class="page">
     <div class="page-head">
       <h1>Models</h1>
       <span class="muted">${local.length} local · ${running} running</span>
+      ${budgets.length > 0 && html`<span class="pill memory-left" aria-label="GPU memory budget left">GPU memory left: ${budgets.join(" / ")}</span>`}
       <span class="spacer"></span>
       <label class="check"><input type="checkbox" checked=${showUnlisted} onChange=${(e) => setShowUnlisted(e.target.checked)} /> Show unlisted</label>
       <button onClick=${unloadAll} disabled=${!live || busy}>${busy ? "Unloading…" : "Unload all"}</button>

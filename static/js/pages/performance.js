@@ -1,10 +1,11 @@
-// Performance: CPU, memory, load and GPU charts (uPlot) from
-// GET /api/performance; while the page is visible, the samples taken since
-// the last one are fetched once per monitor interval (performance.every in
-// the config, read from /api/config), with ?after=.
+// Performance: CPU, memory, load and GPU charts (uPlot): the history from
+// GET /api/performance, read once, then each new sample as the event
+// stream's `performance` message brings it (live.js keeps them in the
+// store, so leaving and coming back redraws at once).
 import { html, useEffect, useRef, useState } from "../../vendor/htm-preact.js";
 import uPlot from "../../vendor/uplot.js";
-import { getJSON } from "../api.js";
+import { loadPerformance } from "../live.js";
+import { useNow, useStore } from "../store.js";
 import { num } from "../util.js";
 
 const WINDOWS = { "5 min": 300, "15 min": 900, "1 h": 3600 };
@@ -40,45 +41,23 @@ function columns(samples, pick, n) {
 }
 
 export function Performance() {
-  const [sys, setSys] = useState([]);
-  const [gpu, setGpu] = useState([]);
-  const [state, setState] = useState("loading");   // loading | ok | disabled | error
-  const [message, setMessage] = useState("");
+  const perf = useStore((s) => s.perf);
   const [win, setWin] = useState("15 min");
-  const last = useRef("");
-  useEffect(() => {
-    let timer = null, stopped = false, every = 5000;
-    getJSON("/api/config").then((c) => { every = Math.max(5, (c.performance || {}).every || 5) * 1000; }, () => {});
-    const fetchMore = async () => {
-      try {
-        const q = last.current ? "?after=" + encodeURIComponent(last.current) : "";
-        const j = await getJSON("/api/performance" + q);
-        const s = j.sys_stats || [], g = j.gpu_stats || [];
-        if (s.length) last.current = s[s.length - 1].timestamp;
-        setSys((old) => old.concat(s).slice(-2000));
-        setGpu((old) => old.concat(g).slice(-4000));
-        setState("ok");
-      } catch (e) {
-        if (e.status === 503) { setState("disabled"); return; }
-        setState("error");
-        setMessage(e.message);
-      }
-      if (!stopped) timer = setTimeout(tick, every);
-    };
-    const tick = () => { if (document.hidden) timer = setTimeout(tick, every); else fetchMore(); };
-    fetchMore();
-    return () => { stopped = true; clearTimeout(timer); };
-  }, []);
+  useNow(30000);   // slide the window even when no sample comes
+  useEffect(() => { if (perf.status === "idle" || perf.status === "error") loadPerformance(); }, []);
+  const { sys, gpu, message } = perf;
+  const state = perf.status === "idle" ? "loading" : perf.status;
   const since = Date.now() / 1000 - WINDOWS[win];
   const s = sys.filter((x) => Date.parse(x.timestamp) / 1000 >= since);
   const g = gpu.filter((x) => Date.parse(x.timestamp) / 1000 >= since);
   const cores = s.length ? s[s.length - 1].cpu_util_per_core.length : 0;
   const latest = s[s.length - 1];
   const gpuIds = [...new Set(g.map((x) => x.id))];
+  const byKey = new Map(g.map((x) => [x.timestamp + "/" + x.id, x]));
+  const gpuTimes = [...new Set(g.map((x) => x.timestamp))];
   const gpuCols = (field) => {
-    const times = [...new Set(g.map((x) => x.timestamp))];
-    const cols = [times.map((t) => Date.parse(t) / 1000)];
-    for (const id of gpuIds) cols.push(times.map((t) => { const r = g.find((x) => x.id === id && x.timestamp === t); return r ? r[field] : null; }));
+    const cols = [gpuTimes.map((t) => Date.parse(t) / 1000)];
+    for (const id of gpuIds) cols.push(gpuTimes.map((t) => { const r = byKey.get(t + "/" + id); return r ? r[field] : null; }));
     return cols;
   };
   const gpuNames = gpuIds.map((id) => { const r = g.find((x) => x.id === id); return "GPU " + id + (r && r.name ? " " + r.name : ""); });
@@ -96,7 +75,7 @@ export function Performance() {
         <${Chart} title="GPU temperature" unit=" °C" series=${gpuNames} data=${gpuCols("temp_c")} />
         <${Chart} title="GPU power" unit=" W" series=${gpuNames} data=${gpuCols("power_draw_w")} /></div>`}
       <h2>System</h2>
-      ${latest ? html`<p class="muted small">Memory ${num(latest.mem_used_mb)} / ${num(latest.mem_total_mb)} MB · swap ${num(latest.swap_used_mb)} / ${num(latest.swap_total_mb)} MB · load ${latest.load_avg_1.toFixed(2)} ${latest.load_avg_5.toFixed(2)} ${latest.load_avg_15.toFixed(2)}</p>`
+      ${latest ? html`<p class="muted small"><span class="perf-count">${s.length} ${s.length === 1 ? "sample" : "samples"} · latest ${new Date(Date.parse(latest.timestamp)).toLocaleTimeString()}</span> · Memory ${num(latest.mem_used_mb)} / ${num(latest.mem_total_mb)} MB · swap ${num(latest.swap_used_mb)} / ${num(latest.swap_total_mb)} MB · load ${latest.load_avg_1.toFixed(2)} ${latest.load_avg_5.toFixed(2)} ${latest.load_avg_15.toFixed(2)}</p>`
         : html`<div class="card empty">No samples yet: the first arrives a few seconds after start.</div>`}
       ${s.length > 0 && html`<div class="charts">
         <${Chart} title="CPU utilisation (mean of cores)" unit="%" max=${100} series=${["CPU"]} data=${columns(s, (x) => x.cpu_util_per_core.reduce((a, b) => a + b, 0) / Math.max(1, x.cpu_util_per_core.length), 1)} />
