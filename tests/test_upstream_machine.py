@@ -20,6 +20,9 @@ from llamaswap.upstream import UpstreamMachine, UpstreamStartError
 from llamaswap.upstream.machine import (
     FAILED_START_GRACE,
     PROBE_MAX_DELAY,
+    PUBLIC_STATE,
+    _makeUpstream,
+    automatState,
     goDuration,
 )
 from llamaswap.upstream.process import UPSTREAM_TAG
@@ -647,6 +650,69 @@ class ReentrancyTests(MachineTestCase):
         self.successResultOf(machine.start())
         self.assertEqual(machine.state, "ready")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class StateOwnerTests(MachineTestCase):
+    """
+    Automat's state is the one owner of the lifecycle state: the public
+    state is read off it, never kept beside it.
+    """
+
+    def test_everyAutomatStateIsPublic(self) -> None:
+        """
+        Every state of the built machine has a public name.
+        """
+        automaton = _makeUpstream.__automat_automaton__  # type: ignore[attr-defined]
+        names = {state.name for state in automaton.states()}
+        self.assertEqual(names, set(PUBLIC_STATE))
+        self.assertEqual(
+            set(PUBLIC_STATE.values()),
+            {"stopped", "starting", "ready", "stopping", "failed"},
+        )
+
+    def test_stateIsReadOffAutomat(self) -> None:
+        """
+        Through a start, a restart asked for while stopping, and a stop, the
+        public state is Automat's state mapped, also inside onStateChange.
+        """
+        seen: list[tuple[str, str, str]] = []
+
+        def onStateChange(model: str, old: str, new: str) -> None:
+            seen.append((new, machine.state, automatState(machine._upstream)))
+
+        machine = UpstreamMachine(
+            StubModelConfig(),
+            reactor=self.clock,
+            launcher=self.launcher,
+            probe=self.probe,
+            healthCheckTimeout=15,
+            onStateChange=onStateChange,
+        )
+        self.assertEqual(automatState(machine._upstream), "stopped")
+        started = machine.start()
+        self.probe.answer(True)
+        self.successResultOf(started)
+        stopped = machine.stop(grace=1)
+        again = machine.start()
+        self.assertEqual(automatState(machine._upstream), "restarting")
+        self.assertEqual(machine.state, "stopping")
+        self.launcher.last.exit(signal=15)
+        self.successResultOf(stopped)
+        self.probe.answer(True)
+        self.successResultOf(again)
+        self.assertEqual(machine.state, "ready")
+        self.assertEqual(
+            [(new, state) for new, state, _ in seen],
+            [(new, new) for new, _, _ in seen],
+        )
+        self.assertEqual(
+            [automat for _, _, automat in seen],
+            ["starting", "ready", "stopping", "stopped", "starting", "ready"],
+        )
+        final = machine.stop(grace=0)
+        self.launcher.last.exit(signal=9)
+        self.successResultOf(final)
+        self.assertEqual(automatState(machine._upstream), "stopped")
 
 
 class CrashTests(MachineTestCase):
