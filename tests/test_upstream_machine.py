@@ -715,6 +715,81 @@ class StateOwnerTests(MachineTestCase):
         self.assertEqual(automatState(machine._upstream), "stopped")
 
 
+class OffThreadSurveyTests(MachineTestCase):
+    """
+    What is left of a stopping run (escaped descendants, live group members,
+    the run's cgroup) is read off the reactor thread; the stop still fires
+    only once a look begun after the leader's exit finds nothing.
+    """
+
+    def test_stopWaitsForTheSurvey(self) -> None:
+        machine = self.readyMachine()
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.assertEqual(len(self.launcher.heldSurveys), 1, "the ask looks for escapees")
+        self.launcher.answerSurvey()
+        self.launcher.last.exit(signal=15)
+        self.assertEqual(len(self.launcher.heldSurveys), 1, "the leader's exit looks again")
+        self.assertNoResult(stopped)
+        self.assertEqual(machine.state, "stopping")
+        self.launcher.answerSurvey()
+        self.successResultOf(stopped)
+        self.assertEqual(machine.state, "stopped")
+
+    def test_escapeesAreSignalledAndWaitedFor(self) -> None:
+        """
+        Escapees a survey finds get SIGTERM with the ask, SIGKILL once the
+        grace is over; the stop fires only after a survey finds none.
+        """
+        machine = self.readyMachine()
+        pid = machine.pid
+        assert pid is not None
+        self.launcher.escaped = [9001]
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.assertEqual(self.launcher.pidSignals, [], "nothing read on the reactor thread")
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [(9001, TERM)])
+        self.launcher.last.exit(signal=15)
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [(9001, TERM)] * 2)
+        self.assertNoResult(stopped)
+        self.clock.advance(5)
+        self.assertEqual(self.launcher.signalsTo(pid), [TERM, KILL])
+        # The kill's own look and the poll's look race; either may come first.
+        while self.launcher.heldSurveys:
+            self.launcher.answerSurvey()
+            self.clock.advance(1)
+        self.assertIn((9001, KILL), self.launcher.pidSignals)
+        self.assertEqual(self.launcher.escaped, [])
+        self.successResultOf(stopped)
+        self.assertEqual(machine.state, "stopped")
+
+    def test_surveyAnsweredAfterTheEndIsIgnored(self) -> None:
+        """
+        A look that comes back after the stop is over signals nothing.
+        """
+        machine = self.readyMachine()
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.launcher.last.exit(signal=15)
+        ask, check = self.launcher.heldSurveys
+        self.launcher.heldSurveys = [check, ask]
+        self.launcher.answerSurvey()
+        self.successResultOf(stopped)
+        self.launcher.escaped = [9002]
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [])
+
+    def test_failingSurveyDoesNotHangTheStop(self) -> None:
+        machine = self.readyMachine()
+        self.launcher.survey = lambda tag, pgid, pgids: fail(OSError("no /proc"))  # type: ignore
+        stopped = machine.stop(grace=5)
+        self.launcher.last.exit(signal=15)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+
 class CrashTests(MachineTestCase):
     def test_crashWhileReady(self) -> None:
         """
