@@ -303,7 +303,7 @@ class LlamaSwapService(MultiService):
             machine = self.router.machines.get(modelId)
             model = self.config.models.get(modelId)
             if machine is not None and model is not None:
-                self.progress.began(modelId, machine.pid, model.argv)
+                self.progress.began(modelId, machine.pid, model.argv, model.loadFile)
         elif old == "starting":
             self.progress.ended(modelId, new == "ready")
         self.memory.stateChanged(modelId, new)

@@ -783,6 +783,7 @@ class _ModelBuilder:
         sendLoadingState = m.bool("sendLoadingState", None)
         timeouts = self.builder.timeouts(m.section("timeouts"), TimeoutsConfig())
         unloadTimeout = m.int("unloadTimeout", 0)
+        loadFile = text("loadFile", "")
         if unloadTimeout < 0:
             raise m.error("unloadTimeout", f"model {modelId}: unloadTimeout must be >= 0")
         m.finish()
@@ -802,6 +803,7 @@ class _ModelBuilder:
         stripParams = substituteText(stripParams, merged)
         name = substituteText(name, merged)
         description = substituteText(description, merged)
+        loadFile = substituteText(loadFile, merged)
         metadata = substituteData(metadata, merged)
         byId = [
             (substituteText(key, merged), keyNode, valueNode, substituteData(params, merged))
@@ -837,6 +839,7 @@ class _ModelBuilder:
             ("filters.stripParams", stripParams, ()),
             ("name", name, ()),
             ("description", description, ()),
+            ("loadFile", loadFile, ()),
         ):
             leftover = leftoverInText(value, allowed)
             if leftover is not None:
@@ -953,4 +956,5 @@ class _ModelBuilder:
             timeouts=timeouts,
             unloadTimeout=unloadTimeout if unloadTimeout > 0 else self.unloadTimeout,
             port=port,
+            loadFile=loadFile.strip() or None,
         )
