@@ -27,6 +27,7 @@ from llamaswap.upstream.process import (
     UpstreamProcessProtocol,
     procGroupAlive,
     reapOrphans,
+    scanRun,
     zombieChildren,
 )
 from tests.fakes import FakeProcessReactor, InlineThreadPool
@@ -440,6 +441,27 @@ class FakeProcTests(SynchronousTestCase):
         self.addProcess(63, "not-ours", "Z", 1, 63)
         self.assertEqual(zombieChildren(self.root, lambda: me), [60])
         self.assertEqual(zombieChildren(os.path.join(self.root, "missing")), [])
+
+    def test_scanRun(self) -> None:
+        """
+        One walk finds the run's tagged processes outside its group (live
+        only) and our zombie children.
+        """
+        me = 50
+        tag = b"LLAMASWAP_UPSTREAM=run-1\0"
+        processes = {
+            70: ("S", 1, 70, b"A=1\0" + tag),   # escaped: tagged, own session
+            71: ("S", 1, 99, tag),              # in the run's group
+            72: ("S", 1, 72, b"LLAMASWAP_UPSTREAM=run-10\0"),  # another run
+            73: ("Z", me, 73, tag),             # dead: a zombie of ours
+            74: ("S", 1, 74, b""),
+        }
+        for pid, (state, ppid, pgrp, environ) in processes.items():
+            self.addProcess(pid, "p", state, ppid, pgrp)
+            with open(os.path.join(self.root, str(pid), "environ"), "wb") as f:
+                f.write(environ)
+        self.assertEqual(scanRun("run-1", 99, self.root, lambda: me), ([70], [73]))
+        self.assertEqual(scanRun("run-1", 99, os.path.join(self.root, "missing")), ([], []))
 
     def test_reapOrphansNoProc(self) -> None:
         """

@@ -37,6 +37,7 @@ __all__ = [
     "UPSTREAM_TAG",
     "Leftovers",
     "findTagged",
+    "scanRun",
     "UpstreamProcessProtocol",
     "Launcher",
     "becomeSubreaper",
@@ -303,31 +304,50 @@ def findTagged(tag: str, pgid: int | None = None, procRoot: str = _PROC) -> list
 
     @return: their pids.
     """
+    return scanRun(tag, pgid, procRoot)[0]
+
+
+def scanRun(
+    tag: str,
+    pgid: int | None = None,
+    procRoot: str = _PROC,
+    getpid: Callable[[], int] = os.getpid,
+) -> tuple[list[int], list[int]]:
+    """
+    One walk of C{procRoot} for what a stop looks for: the live processes
+    tagged C{UPSTREAM_TAG=tag} outside the group C{pgid} (L{findTagged}) and
+    our zombie children (L{zombieChildren}).  Blocking: run it in a thread.
+
+    @return: C{(tagged, zombies)}, pids.
+    """
     needle = "{}={}".format(UPSTREAM_TAG, tag).encode("utf-8") + b"\0"
     try:
         names = os.listdir(procRoot)
     except OSError:
-        return []
-    me = str(os.getpid())
-    found = []
+        return [], []
+    me = getpid()
+    tagged, zombies = [], []
     for name in names:
-        if not name.isdigit() or name == me:
+        if not name.isdigit() or name == str(me):
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, ppid, pgrp = stat
+        if state in ("Z", "X", "x"):
+            if state == "Z" and ppid == me:
+                zombies.append(int(name))
+            continue
+        if pgrp == pgid:
             continue
         try:
             with open(os.path.join(procRoot, name, "environ"), "rb") as f:
                 environ = f.read()
         except OSError:
             continue
-        if not environ.startswith(needle) and (b"\0" + needle) not in environ:
-            continue
-        stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, _ppid, pgrp = stat
-        if state in ("Z", "X", "x") or pgrp == pgid:
-            continue
-        found.append(int(name))
-    return found
+        if environ.startswith(needle) or (b"\0" + needle) in environ:
+            tagged.append(int(name))
+    return tagged, zombies
 
 
 def becomeSubreaper(enable: bool = True) -> bool:
@@ -634,11 +654,16 @@ class Launcher:
         @return: a L{Leftovers}.
         """
         alive = any(self.groupAlive(group) for group in pgids)
+        tree = self.cgroups
         if tag is not None:
             alive = alive or self.runAlive(tag)
-        escapees = tuple(self.escapees(tag, pgid)) if tag is not None else ()
-        orphans = tuple(zombieChildren()) if self._useProc else ()
-        return Leftovers(alive, escapees, orphans)
+        if not self._useProc:
+            return Leftovers(alive)
+        if tag is None or (tree is not None and tree.has(tag)):  # type: ignore[attr-defined]
+            escapees = tuple(self.escapees(tag, pgid)) if tag is not None else ()
+            return Leftovers(alive, escapees, tuple(zombieChildren()))
+        tagged, zombies = scanRun(tag, pgid)
+        return Leftovers(alive, tuple(tagged), tuple(zombies))
 
     def reapOrphans(self, candidates: Sequence[int] | None = None) -> int:
         """
