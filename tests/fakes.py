@@ -159,7 +159,7 @@ class FakeProcessReactor(MemoryReactorClock):
 @implementer(ILauncher)
 class FakeLauncher:
     """
-    An C{ILauncher} (plus C{groupAlive} and C{reapOrphans}) that spawns
+    An C{ILauncher} (with C{survey}, C{signalPids} and C{reapOrphans}) that spawns
     L{FakeProcess}es with pid == pgid.
 
     A group is alive while its leader has not exited, or while its pgid is in

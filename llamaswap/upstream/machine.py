@@ -634,7 +634,7 @@ class UpstreamMachine:
         @param reactor: provides C{IReactorTime} (the machine's clock); the
             launcher and probe do the I/O.
         @param launcher: spawns and signals process groups (an L{ILauncher}
-            that also has C{groupAlive(pgid)} and C{reapOrphans()}).
+            whose C{survey} tells, off the reactor thread, what a stopping run left).
         @param probe: the readiness probe.
         @param healthCheckTimeout: seconds a start may take to become ready.
         @param environ: the base environment of the command; L{None} means
