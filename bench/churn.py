@@ -16,7 +16,9 @@ first byte, with nothing loaded (after an unload) and with the other model
 loaded (which must stop first), minus the upstream's own time from spawn to
 ready, and from SIGTERM to exit, measured directly right before each one
 (the demo started by hand, its /health polled every 2 ms), p50, and
-as ratios.
+as ratios.  The upstream's own first request (its time to first byte on a
+fresh process, measured directly too) is printed beside them, and the
+overhead without it: what llamaswap itself adds.
 """
 
 from __future__ import annotations
@@ -106,18 +108,25 @@ async def churn(reactor, models: list[str], order: list[str], together: bool) ->
         await daemon.stop()
 
 
-async def directOnce(reactor) -> tuple[float, float]:
+async def directOnce(reactor) -> tuple[float, float, float]:
     """
-    @return: the demo's own spawn-to-ready and SIGTERM-to-exit times,
-        measured by hand once.
+    @return: the demo's own spawn-to-ready, first request (time to first
+        byte) and SIGTERM-to-exit times, measured by hand once.
     """
     import sys
 
     port = freePort()
-    demo = DirectServer(reactor, [sys.executable, "-m", "llamaswap.demo", "--port", str(port)],
-                        port, path=ROOT)
+    # The same arguments as the models of config(), so that its first
+    # request costs what theirs do.
+    argv = [sys.executable, "-m", "llamaswap.demo", "--port", str(port),
+            "--tokens", str(TOKENS), "--token-delay", str(TOKEN_DELAY)]
+    demo = DirectServer(reactor, argv, port, path=ROOT)
     ready = await demo.start()
-    return ready, await demo.stop()
+    client, pool = agent(reactor)
+    _, _, first = await fetch(client, f"http://127.0.0.1:{port}/v1/chat/completions",
+                              chatBody("direct", max_tokens=1))
+    await pool.closeCachedConnections()
+    return ready, await demo.stop(), first
 
 
 async def swapOverhead(reactor, runs: int):
@@ -126,7 +135,7 @@ async def swapOverhead(reactor, runs: int):
     stop of the demo right before it, so that both see the same machine.
 
     @return: C{(swaps, colds)}: lists of C{(through llamaswap, direct
-        spawn-to-ready, direct SIGTERM-to-exit)} for swaps (the other model
+        spawn-to-ready, direct SIGTERM-to-exit, direct first request)} for swaps (the other model
         loaded) and for cold starts (nothing loaded, after an unload).
     """
     daemon = Daemon(reactor, config(["cold-a", "cold-b"], together=False))
@@ -167,6 +176,9 @@ async def main(reactor, args) -> None:
     swaps, colds = await swapOverhead(reactor, args.swaps)
 
     def p50(rows, f):
+        return percentile([f(*row[:3]) for row in rows], 50) * 1e3
+
+    def own(rows, f):
         return percentile([f(*row) for row in rows], 50) * 1e3
 
     print(f"cold start, {args.swaps} times (nothing loaded: unload, then a request), each paired"
@@ -175,6 +187,9 @@ async def main(reactor, args) -> None:
     print(f"  request to first byte               p50 {p50(colds, lambda t, r, s: t):7.1f} ms")
     print(f"  overhead beyond spawn-to-ready      p50 {p50(colds, lambda t, r, s: t - r):7.1f} ms")
     print(f"  ratio to the direct start           p50 {p50(colds, lambda t, r, s: t / r) / 1e3:7.2f}")
+    print(f"  upstream's own first request        p50 {own(colds, lambda t, r, s, f: f):7.1f} ms")
+    print(f"  overhead beyond ready + first req.  p50"
+          f" {own(colds, lambda t, r, s, f: t - r - f):7.1f} ms")
     print(f"swap to a cold model, {args.swaps} swaps (stop the loaded one, start the other),"
           " each paired with a direct start and stop")
     print(f"  upstream's own spawn-to-ready       p50 {p50(swaps, lambda t, r, s: r):7.1f} ms")
@@ -184,6 +199,11 @@ async def main(reactor, args) -> None:
           " (start and stop)")
     print(f"  ratio to direct start + stop        p50"
           f" {p50(swaps, lambda t, r, s: t / (r + s)) / 1e3:7.2f}")
+    print(f"  upstream's own first request        p50 {own(swaps, lambda t, r, s, f: f):7.1f} ms")
+    print(f"  overhead beyond start, stop, 1st r. p50"
+          f" {own(swaps, lambda t, r, s, f: t - r - s - f):7.1f} ms")
+    print(f"  ratio to direct start+stop+1st req. p50"
+          f" {own(swaps, lambda t, r, s, f: t / (r + s + f)) / 1e3:7.2f}")
 
 
 if __name__ == "__main__":

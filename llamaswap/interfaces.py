@@ -36,12 +36,25 @@ class ILauncher(Interface):
             (zombies do not count).
         """
 
-    def reapOrphans():
+    def reapOrphans(candidates=None):
         """
         Reap the orphaned grandchildren that were re-parented to this process
         (see C{becomeSubreaper}), leaving Twisted's own children alone.
 
+        @param candidates: the zombie children a L{survey} found, or L{None}
+            to look for them here.
         @return: how many were reaped.
+        """
+
+    def survey(tag, pgid, pgids):
+        """
+        Look, off the reactor thread, at what is left of one run: whether
+        the groups C{pgids} (or the run's cgroup) have a live process, the
+        run's processes (tagged C{tag}) outside its group C{pgid}, and the
+        zombie orphans to reap.
+
+        @return: a L{Deferred} that fires with a
+            L{llamaswap.upstream.process.Leftovers}.
         """
 
     def escapees(tag, pgid):

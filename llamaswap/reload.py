@@ -21,9 +21,13 @@ class ReloadReport:
     @ivar reason: why the reload was refused (C{applied} is then C{False}):
         the config error with its key path, or "another reload is in
         progress".
-    @ivar kept: ids of models that kept running untouched.
+    @ivar kept: ids of models whose settings did not change: their upstream
+        is untouched (those running keep running and serving).
     @ivar restarted: ids of running models stopped because their launch
         settings changed (they start again on their next request).
+    @ivar changed: ids of models that were not running (stopped or failed)
+        whose settings changed: nothing was stopped, and their next start
+        uses the new settings.
     @ivar added: ids of models the new config adds.
     @ivar removed: ids of models the new config no longer has.
     """
@@ -32,6 +36,7 @@ class ReloadReport:
     reason: Optional[str] = None
     kept: Tuple[str, ...] = ()
     restarted: Tuple[str, ...] = ()
+    changed: Tuple[str, ...] = ()
     added: Tuple[str, ...] = ()
     removed: Tuple[str, ...] = ()
 
@@ -44,6 +49,7 @@ class ReloadReport:
             "reason": self.reason,
             "kept": sorted(self.kept),
             "restarted": sorted(self.restarted),
+            "changed": sorted(self.changed),
             "added": sorted(self.added),
             "removed": sorted(self.removed),
         }

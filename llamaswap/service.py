@@ -304,7 +304,7 @@ class LlamaSwapService(MultiService):
             machine = self.router.machines.get(modelId)
             model = self.config.models.get(modelId)
             if machine is not None and model is not None:
-                self.progress.began(modelId, machine.pid, model.argv)
+                self.progress.began(modelId, machine.pid, model.argv, model.loadFile)
         elif old == "starting":
             self.progress.ended(modelId, new == "ready")
         self.memory.stateChanged(modelId, new)
@@ -341,8 +341,9 @@ class LlamaSwapService(MultiService):
         Switch to a new config without a restart: read and validate it
         first (a bad file changes nothing and is logged); then models whose
         launch settings are unchanged keep running and serving (their
-        in-flight and waiting requests included), changed ones are
-        restarted and removed ones stopped (see
+        in-flight and waiting requests included), changed running ones are
+        restarted, changed idle ones start with the new settings next time,
+        and removed ones stopped (see
         L{RouterService.reconfigure}).  A model keeps its C{${PORT}}.
 
         @param config: the new config; by default the config file is read
@@ -383,11 +384,11 @@ class LlamaSwapService(MultiService):
             self.site.bodyLimit = new.maxRequestBodyMB * 1024 * 1024
             self.log.info(
                 "config reloaded: {count} models, {kept} kept running, {restarted} restarted, "
-                "{added} added, {removed} removed",
+                "{changed} changed while not running, {added} added, {removed} removed",
                 count=len(new.models), kept=len(done.running), restarted=len(done.restarted),
-                added=len(done.added), removed=len(done.removed))
+                changed=len(done.changed), added=len(done.added), removed=len(done.removed))
             return ReloadReport(applied=True, kept=done.kept, restarted=done.restarted,
-                                added=done.added, removed=done.removed)
+                                changed=done.changed, added=done.added, removed=done.removed)
 
         def done(result):
             self._reloading = False

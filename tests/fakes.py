@@ -26,6 +26,7 @@ GPUs:
       test sets.
     - L{inlineThread}: a C{deferToThread} stand-in that runs the call at
       once and returns a fired L{Deferred}.
+    - L{InlineThreadPool}: a thread pool that runs each call at once.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class FakeProcessReactor(MemoryReactorClock):
 @implementer(ILauncher)
 class FakeLauncher:
     """
-    An C{ILauncher} (plus C{groupAlive} and C{reapOrphans}) that spawns
+    An C{ILauncher} (with C{survey}, C{signalPids} and C{reapOrphans}) that spawns
     L{FakeProcess}es with pid == pgid.
 
     A group is alive while its leader has not exited, or while its pgid is in
@@ -177,6 +178,12 @@ class FakeLauncher:
         L{spawn} returns (Twisted can reap a fast child that early, leaving
         the transport's C{pid} L{None}).
     @ivar reaps: how many times L{reapOrphans} was called.
+    @ivar escaped: pids of live processes that left their group (each
+        L{survey} reports them; SIGKILL through L{signalPids} ends one).
+    @ivar pidSignals: every C{(pid, signal)} sent with L{signalPids}.
+    @ivar holdSurveys: if set, each L{survey} waits in L{heldSurveys} until
+        L{answerSurvey}, as a look in a thread would (what is left is read
+        when the test answers); otherwise it is answered at once.
     """
 
     def __init__(self, firstPid: int = 4000) -> None:
@@ -187,6 +194,10 @@ class FakeLauncher:
         self.spawnError: BaseException | None = None
         self.exitDuringSpawn: int | None = None
         self.reaps = 0
+        self.escaped: list[int] = []
+        self.pidSignals: list[tuple[int, int]] = []
+        self.holdSurveys = False
+        self.heldSurveys: list[tuple[Deferred, list[int]]] = []
         self._nextPid = firstPid
 
     def spawn(
@@ -210,9 +221,35 @@ class FakeLauncher:
             return True
         return any(p.originalPid == pgid and not p.exited for p in self.spawned)
 
-    def reapOrphans(self) -> int:
+    def reapOrphans(self, candidates: Sequence[int] | None = None) -> int:
         self.reaps += 1
         return 0
+
+    def survey(self, tag: str | None, pgid: int | None, pgids: Sequence[int]) -> Deferred:
+        from llamaswap.upstream.process import Leftovers
+
+        d: Deferred = Deferred()
+        groups = list(pgids)
+        if self.holdSurveys:
+            self.heldSurveys.append((d, groups))
+        else:
+            d.callback(Leftovers(any(self.groupAlive(g) for g in groups), tuple(self.escaped)))
+        return d
+
+    def answerSurvey(self) -> None:
+        """
+        Answer the oldest held L{survey} with what is left now.
+        """
+        from llamaswap.upstream.process import Leftovers
+
+        d, groups = self.heldSurveys.pop(0)
+        d.callback(Leftovers(any(self.groupAlive(g) for g in groups), tuple(self.escaped)))
+
+    def signalPids(self, pids: Sequence[int], signal: int) -> None:
+        for pid in pids:
+            self.pidSignals.append((pid, signal))
+            if signal == 9 and pid in self.escaped:
+                self.escaped.remove(pid)
 
     # Test helpers
     @property
@@ -318,6 +355,26 @@ class FakeGpuProbe:
         if self.broken is not None:
             raise self.broken
         return [{"gpu": gpu, "pid": pid, "memoryUsed": used} for gpu, pid, used in self.procs]
+
+
+class InlineThreadPool:
+    """
+    A thread pool (for C{deferToThreadPool}) that runs each call at once.
+
+    @ivar ran: how many calls it ran.
+    """
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *args: Any, **kw: Any) -> None:
+        self.ran += 1
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
 
 
 def inlineThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:

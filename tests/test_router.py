@@ -46,6 +46,7 @@ class FakeMachine:
 
     def __init__(self, model, onExit, log):
         self.modelId = model.id
+        self.model = model
         self.state = "stopped"
         self.pid = None
         self.failure = None
@@ -777,6 +778,28 @@ models:
         self.assertEqual(done.added, ("d",))
         self.assertEqual(done.removed, ("c",))
         self.assertEqual(done.running, (), "a was not running")
+        self.assertEqual(done.changed, ())
+
+    def test_changedIdleModelIsReportedChanged(self):
+        """
+        A model whose settings changed while it was not running is listed
+        as changed, not restarted: nothing was stopped, and its next start
+        runs the new command.
+        """
+        old = self.router.machines["b"]
+        done = self.reconfigure()
+        self.assertEqual((done.restarted, done.changed), ((), ("b",)))
+        self.assertNotIn(("stop", "b"), self.log)
+        self.assertIsNot(self.router.machines["b"], old)
+        self.ready("b").release()
+        self.assertIn("--changed", self.router.machines["b"].model.cmd)
+
+    def test_changedFailedModelIsReportedChanged(self):
+        d = self.router.acquire("b")
+        self.router.machines["b"].failStart("boom")
+        self.failureResultOf(d)
+        done = self.reconfigure()
+        self.assertEqual((done.restarted, done.changed), ((), ("b",)))
 
     def test_waitingRequestsForKeptModelsKeepWaiting(self):
         d = self.router.acquire("a")

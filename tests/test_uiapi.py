@@ -156,7 +156,7 @@ class UIRoutesTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         body = self.successResultOf(self.client.content(response))
         self.assertEqual(json.loads(body), {"applied": True, "reason": None, "kept": ["m"],
-                                            "restarted": [], "added": ["n"], "removed": []})
+                                            "restarted": [], "changed": [], "added": ["n"], "removed": []})
 
     def refused(self, reason):
         self.reload = lambda: succeed(ReloadReport(applied=False, reason=reason))

@@ -20,6 +20,9 @@ from llamaswap.upstream import UpstreamMachine, UpstreamStartError
 from llamaswap.upstream.machine import (
     FAILED_START_GRACE,
     PROBE_MAX_DELAY,
+    PUBLIC_STATE,
+    _makeUpstream,
+    automatState,
     goDuration,
 )
 from llamaswap.upstream.process import UPSTREAM_TAG
@@ -647,6 +650,144 @@ class ReentrancyTests(MachineTestCase):
         self.successResultOf(machine.start())
         self.assertEqual(machine.state, "ready")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class StateOwnerTests(MachineTestCase):
+    """
+    Automat's state is the one owner of the lifecycle state: the public
+    state is read off it, never kept beside it.
+    """
+
+    def test_everyAutomatStateIsPublic(self) -> None:
+        """
+        Every state of the built machine has a public name.
+        """
+        automaton = _makeUpstream.__automat_automaton__  # type: ignore[attr-defined]
+        names = {state.name for state in automaton.states()}
+        self.assertEqual(names, set(PUBLIC_STATE))
+        self.assertEqual(
+            set(PUBLIC_STATE.values()),
+            {"stopped", "starting", "ready", "stopping", "failed"},
+        )
+
+    def test_stateIsReadOffAutomat(self) -> None:
+        """
+        Through a start, a restart asked for while stopping, and a stop, the
+        public state is Automat's state mapped, also inside onStateChange.
+        """
+        seen: list[tuple[str, str, str]] = []
+
+        def onStateChange(model: str, old: str, new: str) -> None:
+            seen.append((new, machine.state, automatState(machine._upstream)))
+
+        machine = UpstreamMachine(
+            StubModelConfig(),
+            reactor=self.clock,
+            launcher=self.launcher,
+            probe=self.probe,
+            healthCheckTimeout=15,
+            onStateChange=onStateChange,
+        )
+        self.assertEqual(automatState(machine._upstream), "stopped")
+        started = machine.start()
+        self.probe.answer(True)
+        self.successResultOf(started)
+        stopped = machine.stop(grace=1)
+        again = machine.start()
+        self.assertEqual(automatState(machine._upstream), "restarting")
+        self.assertEqual(machine.state, "stopping")
+        self.launcher.last.exit(signal=15)
+        self.successResultOf(stopped)
+        self.probe.answer(True)
+        self.successResultOf(again)
+        self.assertEqual(machine.state, "ready")
+        self.assertEqual(
+            [(new, state) for new, state, _ in seen],
+            [(new, new) for new, _, _ in seen],
+        )
+        self.assertEqual(
+            [automat for _, _, automat in seen],
+            ["starting", "ready", "stopping", "stopped", "starting", "ready"],
+        )
+        final = machine.stop(grace=0)
+        self.launcher.last.exit(signal=9)
+        self.successResultOf(final)
+        self.assertEqual(automatState(machine._upstream), "stopped")
+
+
+class OffThreadSurveyTests(MachineTestCase):
+    """
+    What is left of a stopping run (escaped descendants, live group members,
+    the run's cgroup) is read off the reactor thread; the stop still fires
+    only once a look begun after the leader's exit finds nothing.
+    """
+
+    def test_stopWaitsForTheSurvey(self) -> None:
+        machine = self.readyMachine()
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.assertEqual(len(self.launcher.heldSurveys), 1, "the ask looks for escapees")
+        self.launcher.answerSurvey()
+        self.launcher.last.exit(signal=15)
+        self.assertEqual(len(self.launcher.heldSurveys), 1, "the leader's exit looks again")
+        self.assertNoResult(stopped)
+        self.assertEqual(machine.state, "stopping")
+        self.launcher.answerSurvey()
+        self.successResultOf(stopped)
+        self.assertEqual(machine.state, "stopped")
+
+    def test_escapeesAreSignalledAndWaitedFor(self) -> None:
+        """
+        Escapees a survey finds get SIGTERM with the ask, SIGKILL once the
+        grace is over; the stop fires only after a survey finds none.
+        """
+        machine = self.readyMachine()
+        pid = machine.pid
+        assert pid is not None
+        self.launcher.escaped = [9001]
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.assertEqual(self.launcher.pidSignals, [], "nothing read on the reactor thread")
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [(9001, TERM)])
+        self.launcher.last.exit(signal=15)
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [(9001, TERM)] * 2)
+        self.assertNoResult(stopped)
+        self.clock.advance(5)
+        self.assertEqual(self.launcher.signalsTo(pid), [TERM, KILL])
+        # The kill's own look and the poll's look race; either may come first.
+        while self.launcher.heldSurveys:
+            self.launcher.answerSurvey()
+            self.clock.advance(1)
+        self.assertIn((9001, KILL), self.launcher.pidSignals)
+        self.assertEqual(self.launcher.escaped, [])
+        self.successResultOf(stopped)
+        self.assertEqual(machine.state, "stopped")
+
+    def test_surveyAnsweredAfterTheEndIsIgnored(self) -> None:
+        """
+        A look that comes back after the stop is over signals nothing.
+        """
+        machine = self.readyMachine()
+        self.launcher.holdSurveys = True
+        stopped = machine.stop(grace=5)
+        self.launcher.last.exit(signal=15)
+        ask, check = self.launcher.heldSurveys
+        self.launcher.heldSurveys = [check, ask]
+        self.launcher.answerSurvey()
+        self.successResultOf(stopped)
+        self.launcher.escaped = [9002]
+        self.launcher.answerSurvey()
+        self.assertEqual(self.launcher.pidSignals, [])
+
+    def test_failingSurveyDoesNotHangTheStop(self) -> None:
+        machine = self.readyMachine()
+        self.launcher.survey = lambda tag, pgid, pgids: fail(OSError("no /proc"))  # type: ignore
+        stopped = machine.stop(grace=5)
+        self.launcher.last.exit(signal=15)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
 
 
 class CrashTests(MachineTestCase):

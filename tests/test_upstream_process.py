@@ -13,6 +13,7 @@ import sys
 
 from zope.interface.verify import verifyObject
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -22,11 +23,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from llamaswap.interfaces import ILauncher
 from llamaswap.upstream.process import (
     Launcher,
+    Leftovers,
     UpstreamProcessProtocol,
     procGroupAlive,
     reapOrphans,
+    scanRun,
+    zombieChildren,
 )
-from tests.fakes import FakeProcessReactor
+from tests.fakes import FakeProcessReactor, InlineThreadPool
 
 
 class ProtocolTests(SynchronousTestCase):
@@ -310,6 +314,62 @@ class LauncherTests(SynchronousTestCase):
         launcher = Launcher(self.reactor, reap=lambda: [5, 6])
         self.assertEqual(launcher.reapOrphans(), 2)
 
+    def test_surveyRunsInTheThread(self) -> None:
+        """
+        survey reads nothing on the calling thread: it hands leftovers to
+        the injected deferToThread, which looks at the groups, the run's
+        cgroup and its escapees.
+        """
+        asked: list[int] = []
+        calls: list[tuple] = []
+
+        def alive(pgid: int) -> bool:
+            asked.append(pgid)
+            return pgid == 8
+
+        def deferToThread(f, *args):  # type: ignore[no-untyped-def]
+            calls.append((f, args))
+            return Deferred()
+
+        launcher = Launcher(self.reactor, groupAlive=alive, deferToThread=deferToThread)
+        d = launcher.survey(None, 7, [7, 8])
+        self.assertNoResult(d)
+        self.assertEqual(asked, [])
+        [(f, args)] = calls
+        self.assertEqual(args, (None, 7, (7, 8)))
+        left = f(*args)
+        self.assertEqual(asked, [7, 8])
+        self.assertIsInstance(left, Leftovers)
+        self.assertTrue(left.alive)
+        self.assertEqual(left.escapees, ())
+
+    def test_surveyDefaultsToTheReactorThreadPool(self) -> None:
+        """
+        Without an injected deferToThread, survey runs in the reactor's
+        thread pool.
+        """
+        pool = InlineThreadPool()
+        self.reactor.getThreadPool = lambda: pool  # type: ignore[attr-defined]
+        self.reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore
+        launcher = Launcher(self.reactor, groupAlive=lambda pgid: False)
+        left = self.successResultOf(launcher.survey(None, 7, [7]))
+        self.assertEqual(pool.ran, 1)
+        self.assertFalse(left.alive)
+
+    def test_reapOrphansOfASurvey(self) -> None:
+        """
+        reapOrphans(candidates) reaps the zombies a survey found, leaving
+        Twisted's children alone.
+        """
+        from twisted.internet import process as twistedProcess
+
+        launcher = Launcher(self.reactor, reap=lambda: self.fail("scanned again"))
+        fakeChild = 2**22 + 4321
+        twistedProcess.reapProcessHandlers[fakeChild] = object()
+        self.addCleanup(twistedProcess.reapProcessHandlers.pop, fakeChild)
+        self.assertEqual(launcher.reapOrphans([fakeChild]), 0)
+        self.assertEqual(launcher.reapOrphans([]), 0)
+
 
 class FakeProcTests(SynchronousTestCase):
     """
@@ -369,6 +429,39 @@ class FakeProcTests(SynchronousTestCase):
         )
         self.assertEqual(reaped, [60])
         self.assertEqual(sorted(waited), [60, 64])
+
+    def test_zombieChildren(self) -> None:
+        """
+        zombieChildren finds our zombie children only (Twisted's included:
+        reapOrphans leaves those alone on the reactor thread).
+        """
+        me = 50
+        self.addProcess(60, "orphan", "Z", me, 60)
+        self.addProcess(62, "running", "S", me, 62)
+        self.addProcess(63, "not-ours", "Z", 1, 63)
+        self.assertEqual(zombieChildren(self.root, lambda: me), [60])
+        self.assertEqual(zombieChildren(os.path.join(self.root, "missing")), [])
+
+    def test_scanRun(self) -> None:
+        """
+        One walk finds the run's tagged processes outside its group (live
+        only) and our zombie children.
+        """
+        me = 50
+        tag = b"LLAMASWAP_UPSTREAM=run-1\0"
+        processes = {
+            70: ("S", 1, 70, b"A=1\0" + tag),   # escaped: tagged, own session
+            71: ("S", 1, 99, tag),              # in the run's group
+            72: ("S", 1, 72, b"LLAMASWAP_UPSTREAM=run-10\0"),  # another run
+            73: ("Z", me, 73, tag),             # dead: a zombie of ours
+            74: ("S", 1, 74, b""),
+        }
+        for pid, (state, ppid, pgrp, environ) in processes.items():
+            self.addProcess(pid, "p", state, ppid, pgrp)
+            with open(os.path.join(self.root, str(pid), "environ"), "wb") as f:
+                f.write(environ)
+        self.assertEqual(scanRun("run-1", 99, self.root, lambda: me), ([70], [73]))
+        self.assertEqual(scanRun("run-1", 99, os.path.join(self.root, "missing")), ([], []))
 
     def test_reapOrphansNoProc(self) -> None:
         """

@@ -99,6 +99,29 @@ class LoadProgressTests(SynchronousTestCase):
         self.assertEqual(self.reports[-1], ("qwen", None))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_loadFileNamesTheFile(self) -> None:
+        """
+        A model's loadFile is watched instead of what -m names, for
+        backends whose command does not name the weights.
+        """
+        watched: list = []
+        self.progress._sample = lambda pgid, path: watched.append(path) or 250  # type: ignore
+        self.progress.began("vllm", 42, ["vllm", "serve", "org/model"], loadFile=self.path)
+        self.clock.advance(0.5)
+        self.assertEqual(watched, [os.path.realpath(self.path)])
+        self.assertEqual(self.reports[-1][1]["fraction"], 0.25)
+        self.assertEqual(self.reports[-1][1]["bytesTotal"], 1000)
+        self.progress.stop()
+
+    def test_missingLoadFileShowsElapsedOnly(self) -> None:
+        """
+        A loadFile that is not a file wins over -m: no bytes, elapsed only.
+        """
+        self.progress.began("vllm", 42, ["vllm", "-m", self.path], loadFile="/nonexistent.bin")
+        self.assertEqual(self.reports[-1][1]["bytesTotal"], 0)
+        self.assertIsNone(self.reports[-1][1]["fraction"])
+        self.progress.stop()
+
     def test_withoutAFileElapsedAgainstTheLastLoad(self) -> None:
         self.progress.began("svc", 42, ["server"])
         self.assertIsNone(self.reports[-1][1]["fraction"])

@@ -121,6 +121,9 @@ class ModelConfig:
     @ivar unloadTimeout: seconds between asking the process to stop and
         killing it.
     @ivar port: the port allocated for C{${PORT}}, if C{cmd} used it.
+    @ivar loadFile: the file whose bytes the upstream brings in while it
+        loads (C{loadFile:}), for load progress; L{None} means the file
+        C{cmd} names with C{-m}/C{--model}.
     """
 
     id: str
@@ -145,6 +148,7 @@ class ModelConfig:
     timeouts: TimeoutsConfig = attr.Factory(TimeoutsConfig)
     unloadTimeout: int = 10
     port: Optional[int] = None
+    loadFile: Optional[str] = None
 
 
 @attr.s(frozen=True, auto_attribs=True)

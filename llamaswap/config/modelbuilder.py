@@ -120,6 +120,7 @@ class _Fields:
     sendLoadingState: Optional[bool]
     timeouts: TimeoutsConfig
     unloadTimeout: int
+    loadFile: str = ""
     port: Optional[int] = None
 
 
@@ -214,6 +215,7 @@ class ModelBuilder:
         sendLoadingState = m.bool("sendLoadingState", None)
         timeouts = readTimeouts(m.section("timeouts"), TimeoutsConfig())
         unloadTimeout = m.int("unloadTimeout", 0)
+        loadFile = self.text(m, "loadFile", "")
         if unloadTimeout < 0:
             raise m.error("unloadTimeout", f"model {self.id}: unloadTimeout must be >= 0")
         m.finish()
@@ -230,7 +232,7 @@ class ModelBuilder:
             setParams=setParams, byIdPath=byIdSec.path, byId=byId, macros=macros,
             metadata=metadata, metadataNode=metadataNode,
             sendLoadingState=sendLoadingState, timeouts=timeouts,
-            unloadTimeout=unloadTimeout,
+            unloadTimeout=unloadTimeout, loadFile=loadFile,
         )
 
     def readEnv(self, m: Section) -> Tuple[Tuple[str, str], ...]:
@@ -282,6 +284,7 @@ class ModelBuilder:
         f.stripParams = substituteText(f.stripParams, merged)
         f.name = substituteText(f.name, merged)
         f.description = substituteText(f.description, merged)
+        f.loadFile = substituteText(f.loadFile, merged)
         f.metadata = substituteData(f.metadata, merged)
         f.byId = [
             (substituteText(key, merged), keyNode, valueNode, substituteData(params, merged))
@@ -334,6 +337,7 @@ class ModelBuilder:
             ("filters.stripParams", f.stripParams, ()),
             ("name", f.name, ()),
             ("description", f.description, ()),
+            ("loadFile", f.loadFile, ()),
         ):
             leftover = leftoverInText(value, allowed)
             if leftover is not None:
@@ -468,4 +472,5 @@ class ModelBuilder:
             timeouts=f.timeouts,
             unloadTimeout=f.unloadTimeout if f.unloadTimeout > 0 else defaults.unloadTimeout,
             port=f.port,
+            loadFile=f.loadFile.strip() or None,
         )

@@ -87,6 +87,9 @@ class Reconfigured:
     @ivar added: models new to the config.
     @ivar removed: models the config no longer has (stopped if running).
     @ivar running: the kept models that are running (not stopped or failed).
+    @ivar changed: models not running (stopped or failed) whose launch
+        settings changed: they got a new machine, which starts with the new
+        settings on their next request.
     """
 
     kept: tuple = ()
@@ -94,6 +97,7 @@ class Reconfigured:
     added: tuple = ()
     removed: tuple = ()
     running: tuple = ()
+    changed: tuple = ()
 
 
 def runningRecords(router) -> list:

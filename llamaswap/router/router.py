@@ -308,14 +308,15 @@ class RouterService(Service):
         model that is not running.  A removed model is stopped and its
         waiting requests fail with L{ModelUnloaded}.  Until every stopped
         process is gone, nothing starts: a new or changed model may well get
-        a port an old process still holds.
+        a port an old process still holds.  A changed model that was not
+        running is reported as C{changed}, a running one as C{restarted}.
 
         @param keep: C{keep(old, new)} says whether the machine of a model
             whose config went from C{old} to C{new} may keep running.
         @return: what was done, as a L{Reconfigured}.
         """
         old = self.config
-        kept, restarted, added, removed, running = [], [], [], [], []
+        kept, restarted, changed, added, removed, running = [], [], [], [], [], []
         for modelId in sorted(set(old.models) | set(config.models)):
             machine = self.machines.get(modelId)
             new = config.models.get(modelId)
@@ -336,6 +337,8 @@ class RouterService(Service):
             elif machine.state not in ("stopped", "failed"):
                 restarted.append(modelId)
                 self._retire(modelId)
+            else:
+                changed.append(modelId)
             self.machines[modelId] = self._build(new)
             self.ledger.addModel(modelId)
         self.config = config
@@ -343,7 +346,7 @@ class RouterService(Service):
         self._closed = {}
         self._step()
         return Reconfigured(tuple(kept), tuple(restarted), tuple(added), tuple(removed),
-                            tuple(running))
+                            tuple(running), tuple(changed))
 
     def _retire(self, modelId: str) -> None:
         """

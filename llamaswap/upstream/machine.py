@@ -136,7 +136,11 @@ class _Core:
     onOutput: Callable[[str, str, str], None] | None
     onExit: Callable[[str, object], None]
     portInUse: Callable[[str], bool]
-    state: str = "stopped"
+    # Reads the public state off the Automat machine (set once it is built).
+    currentState: Callable[[], str] = lambda: "stopped"
+    # The state onStateChange last announced: a cursor for the callback's
+    # "old" argument, never read as the state itself.
+    announced: str = "stopped"
     since: float | None = None
     run: _Run | None = None
     lastProtocol: UpstreamProcessProtocol | None = None
@@ -151,11 +155,15 @@ class _Core:
 
     # -- state and waiters --------------------------------------------------
 
-    def setState(self, new: str) -> None:
-        old = self.state
+    def announce(self) -> None:
+        """
+        Tell C{onStateChange} about the public state Automat has just
+        entered, if it differs from the last one told.
+        """
+        old, new = self.announced, self.currentState()
         if old == new:
             return
-        self.state = new
+        self.announced = new
         self.since = self.clock.seconds()
         self.log.debug(
             "[{model}] {old} -> {new}", model=self.model.id, old=old, new=new
@@ -397,7 +405,7 @@ class _Core:
         down; its waiters are told once it is gone (L{reportFailure}).
         """
         self.stopProbing(run)
-        self.setState("stopping")
+        self.announce()
         self.log.error("[{model}] {message}", model=self.model.id, message=message)
         self.failing = (message, exitCode)
         self.failedWaiters.extend(self.startWaiters)
@@ -419,14 +427,38 @@ def healthURL(proxy: str, checkEndpoint: str) -> str:
     return proxy.rstrip("/") + "/" + checkEndpoint.lstrip("/")
 
 
+#: The public state (L{UpstreamMachine.state}) of each Automat state.
+PUBLIC_STATE: Mapping[str, str] = {
+    "stopped": "stopped",
+    "failed": "failed",
+    "starting": "starting",
+    "ready": "ready",
+    "stopping": "stopping",
+    "failing": "stopping",
+    "restarting": "stopping",
+}
+
+
+def automatState(upstream: _Upstream) -> str:
+    """
+    @return: the name of the state Automat holds C{upstream} in: the one
+        owner of the lifecycle state.  Automat sets it before a transition's
+        behaviour runs, so a behaviour (and any callback it makes) reads the
+        state being entered.
+    """
+    transitioner = upstream.__automat_transitioner__  # type: ignore[attr-defined]
+    return str(transitioner._state.name)
+
+
 def _buildMachine() -> Callable[[_Core], _Upstream]:
     machine = TypeMachineBuilder(_Upstream, _Core)
 
     def launch(upstream: _Upstream, core: _Core) -> _Run:
         run = core.launch(upstream)
-        core.setState("starting")
+        core.announce()
         return run
 
+    # Each name is a key of PUBLIC_STATE.
     stopped = machine.state("stopped")
     failed = machine.state("failed")
     starting = machine.state("starting", launch)
@@ -470,7 +502,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
                 seconds=elapsed,
                 url=run.url,
             )
-        core.setState("ready")
+        core.announce()
         core.succeedStarts()
 
     @pep614(starting.upon(_Upstream._spawnFailed).to(failed))
@@ -479,7 +511,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
         core.endRun()
         core.log.error("[{model}] {message}", model=core.model.id, message=message)
         core.failure = UpstreamStartError(message)
-        core.setState("failed")
+        core.announce()
         core.failStarts(message)
 
     @pep614(starting.upon(_Upstream._exited).to(failing))
@@ -498,7 +530,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
     @pep614(starting.upon(_Upstream.stop).to(stopping))
     def abortStart(upstream: _Upstream, core: _Core, run: _Run, grace: float) -> None:
         core.stopProbing(run)
-        core.setState("stopping")
+        core.announce()
         core.log.info("[{model}] start aborted by a stop", model=core.model.id)
         core.failStarts("aborted")
         core.terminate(upstream, run, grace)
@@ -510,7 +542,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
     @pep614(ready.upon(_Upstream.stop).to(stopping))
     def stopReady(upstream: _Upstream, core: _Core, grace: float) -> None:
         assert core.run is not None
-        core.setState("stopping")
+        core.announce()
         core.terminate(upstream, core.run, grace)
 
     @pep614(ready.upon(_Upstream._exited).to(failing))
@@ -522,7 +554,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
             model=core.model.id,
             why=describeExit(reason),
         )
-        core.setState("stopping")
+        core.announce()
         try:
             core.onExit(core.model.id, reason)
         except Exception:
@@ -544,7 +576,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
         tell = core.takeFailure()
         core.endRun()
         core.log.info("[{model}] stopped", model=core.model.id)
-        core.setState("stopped")
+        core.announce()
         tell()
         core.finishStops()
 
@@ -553,7 +585,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
         core.logTail()
         tell = core.takeFailure()
         core.endRun()
-        core.setState("failed")
+        core.announce()
         tell()
         core.finishStops()
 
@@ -561,7 +593,7 @@ def _buildMachine() -> Callable[[_Core], _Upstream]:
     def stoppedThenRestart(upstream: _Upstream, core: _Core) -> None:
         tell = core.takeFailure()
         core.endRun()
-        core.setState("stopped")
+        core.announce()
         tell()
         # Queued by Automat: runs once this transition is over.
         upstream.start()
@@ -602,7 +634,7 @@ class UpstreamMachine:
         @param reactor: provides C{IReactorTime} (the machine's clock); the
             launcher and probe do the I/O.
         @param launcher: spawns and signals process groups (an L{ILauncher}
-            that also has C{groupAlive(pgid)} and C{reapOrphans()}).
+            whose C{survey} tells, off the reactor thread, what a stopping run left).
         @param probe: the readiness probe.
         @param healthCheckTimeout: seconds a start may take to become ready.
         @param environ: the base environment of the command; L{None} means
@@ -632,6 +664,8 @@ class UpstreamMachine:
             portInUse=portInUse,
         )
         self._upstream = _makeUpstream(self._core)
+        upstream = self._upstream
+        self._core.currentState = lambda: PUBLIC_STATE[automatState(upstream)]
 
     def __repr__(self) -> str:
         return "<UpstreamMachine {} {}>".format(self.modelId, self.state)
@@ -641,7 +675,7 @@ class UpstreamMachine:
         """
         C{"stopped"}, C{"starting"}, C{"ready"}, C{"stopping"} or C{"failed"}.
         """
-        return self._core.state
+        return self._core.currentState()
 
     @property
     def since(self) -> float | None:

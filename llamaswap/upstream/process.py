@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from zope.interface import implementer
@@ -26,6 +27,7 @@ from zope.interface import implementer
 from twisted.internet import process as _twistedProcess
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,7 +35,9 @@ from llamaswap.interfaces import ILauncher
 
 __all__ = [
     "UPSTREAM_TAG",
+    "Leftovers",
     "findTagged",
+    "scanRun",
     "UpstreamProcessProtocol",
     "Launcher",
     "becomeSubreaper",
@@ -67,6 +71,23 @@ _JOIN_CGROUP = 'echo $$ > "$0"; exec "$@"'
 
 # Default of Launcher(setsid=...): look it up with shutil.which.
 _WHICH = object()
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """
+    What is left of one upstream run, as a L{Launcher.survey} found it.
+
+    @ivar alive: whether one of its process groups, or its cgroup, still
+        has a live (not zombie) process.
+    @ivar escapees: live processes of the run that left its process group.
+    @ivar orphans: zombie children of this process that Twisted does not
+        own (orphans re-parented to us), to be reaped on the reactor thread.
+    """
+
+    alive: bool
+    escapees: tuple[int, ...] = ()
+    orphans: tuple[int, ...] = ()
 
 
 class UpstreamProcessProtocol(ProcessProtocol):
@@ -283,31 +304,50 @@ def findTagged(tag: str, pgid: int | None = None, procRoot: str = _PROC) -> list
 
     @return: their pids.
     """
+    return scanRun(tag, pgid, procRoot)[0]
+
+
+def scanRun(
+    tag: str,
+    pgid: int | None = None,
+    procRoot: str = _PROC,
+    getpid: Callable[[], int] = os.getpid,
+) -> tuple[list[int], list[int]]:
+    """
+    One walk of C{procRoot} for what a stop looks for: the live processes
+    tagged C{UPSTREAM_TAG=tag} outside the group C{pgid} (L{findTagged}) and
+    our zombie children (L{zombieChildren}).  Blocking: run it in a thread.
+
+    @return: C{(tagged, zombies)}, pids.
+    """
     needle = "{}={}".format(UPSTREAM_TAG, tag).encode("utf-8") + b"\0"
     try:
         names = os.listdir(procRoot)
     except OSError:
-        return []
-    me = str(os.getpid())
-    found = []
+        return [], []
+    me = getpid()
+    tagged, zombies = [], []
     for name in names:
-        if not name.isdigit() or name == me:
+        if not name.isdigit() or name == str(me):
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, ppid, pgrp = stat
+        if state in ("Z", "X", "x"):
+            if state == "Z" and ppid == me:
+                zombies.append(int(name))
+            continue
+        if pgrp == pgid:
             continue
         try:
             with open(os.path.join(procRoot, name, "environ"), "rb") as f:
                 environ = f.read()
         except OSError:
             continue
-        if not environ.startswith(needle) and (b"\0" + needle) not in environ:
-            continue
-        stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, _ppid, pgrp = stat
-        if state in ("Z", "X", "x") or pgrp == pgid:
-            continue
-        found.append(int(name))
-    return found
+        if environ.startswith(needle) or (b"\0" + needle) in environ:
+            tagged.append(int(name))
+    return tagged, zombies
 
 
 def becomeSubreaper(enable: bool = True) -> bool:
@@ -339,11 +379,39 @@ def becomeSubreaper(enable: bool = True) -> bool:
     return prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) == 0
 
 
+def zombieChildren(
+    procRoot: str = _PROC, getpid: Callable[[], int] = os.getpid
+) -> list[int]:
+    """
+    Scan C{procRoot} for zombie children of this process.  Blocking (reads
+    C{/proc}): safe in a thread, as it only reads.
+
+    @return: their pids.
+    """
+    me = getpid()
+    try:
+        names = os.listdir(procRoot)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = _readStat(os.path.join(procRoot, name, "stat"))
+        if stat is None:
+            continue
+        state, ppid, _pgrp = stat
+        if ppid == me and state == "Z":
+            found.append(int(name))
+    return found
+
+
 def reapOrphans(
     procRoot: str = _PROC,
     waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
     getpid: Callable[[], int] = os.getpid,
     twistedChildren: Mapping[int, object] | None = None,
+    candidates: Sequence[int] | None = None,
 ) -> list[int]:
     """
     Reap every zombie child of this process that Twisted does not own.
@@ -351,29 +419,21 @@ def reapOrphans(
     When we are a subreaper (L{becomeSubreaper}) the orphans of our upstreams
     become our children; nobody else waits for them.  Children that Twisted
     spawned (the pids in C{twisted.internet.process.reapProcessHandlers}) are
-    left alone: Twisted reaps them and reports their exit status.
+    left alone: Twisted reaps them and reports their exit status.  Call it on
+    the reactor thread, where that table is current.
 
+    @param candidates: the zombie children to consider, as
+        L{zombieChildren} found them (in a thread); by default C{procRoot}
+        is scanned here.
     @return: the pids that were reaped.
     """
     if twistedChildren is None:
         twistedChildren = _twistedProcess.reapProcessHandlers
-    me = getpid()
-    try:
-        names = os.listdir(procRoot)
-    except OSError:
-        return []
+    if candidates is None:
+        candidates = zombieChildren(procRoot, getpid)
     reaped = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in candidates:
         if pid in twistedChildren:
-            continue
-        stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, ppid, _pgrp = stat
-        if ppid != me or state != "Z":
             continue
         try:
             donePid, _status = waitpid(pid, os.WNOHANG)
@@ -406,6 +466,7 @@ class Launcher:
         setsid: str | None | object = _WHICH,
         reap: Callable[[], Sequence[int]] = reapOrphans,
         cgroups: object | None = None,
+        deferToThread: Callable[..., Deferred] | None = None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess} provider.
@@ -417,7 +478,18 @@ class Launcher:
         @param reap: overrides L{reapOrphans} (tests).
         @param cgroups: a L{llamaswap.upstream.cgroups.CgroupTree}: each
             tagged run gets its own cgroup (see L{useCgroups}).
+        @param deferToThread: runs a blocking call off the reactor thread
+            and returns a L{Deferred} of its result (L{survey}); by default
+            the reactor's thread pool.
         """
+        if deferToThread is None:
+
+            def deferToThread(f: Callable[..., object], *args: object) -> Deferred:
+                return deferToThreadPool(
+                    reactor, reactor.getThreadPool(), f, *args  # type: ignore[attr-defined]
+                )
+
+        self._deferToThread = deferToThread
         self._reactor = reactor
         self._killpg = killpg
         self._groupAlive = groupAlive
@@ -563,13 +635,46 @@ class Launcher:
                 self.log.warn("not allowed to send signal {signal} to {pid}",
                               signal=signal, pid=pid)
 
-    def reapOrphans(self) -> int:
+    def survey(self, tag: str | None, pgid: int | None, pgids: Sequence[int]) -> Deferred:
+        """
+        Look, off the reactor thread, at what is left of a run: whether the
+        groups C{pgids} or the run's cgroup still have a live process, the
+        run's processes outside its group C{pgid} (tagged C{tag}), and the
+        zombie orphans to reap.
+
+        @return: a L{Deferred} that fires with a L{Leftovers}.
+        """
+        return self._deferToThread(self.leftovers, tag, pgid, tuple(pgids))
+
+    def leftovers(self, tag: str | None, pgid: int | None, pgids: Sequence[int]) -> Leftovers:
+        """
+        Blocking (reads C{/proc} and cgroup files): what L{survey} runs in a
+        thread.  It only reads, and sends signal 0.
+
+        @return: a L{Leftovers}.
+        """
+        alive = any(self.groupAlive(group) for group in pgids)
+        tree = self.cgroups
+        if tag is not None:
+            alive = alive or self.runAlive(tag)
+        if not self._useProc:
+            return Leftovers(alive)
+        if tag is None or (tree is not None and tree.has(tag)):  # type: ignore[attr-defined]
+            escapees = tuple(self.escapees(tag, pgid)) if tag is not None else ()
+            return Leftovers(alive, escapees, tuple(zombieChildren()))
+        tagged, zombies = scanRun(tag, pgid)
+        return Leftovers(alive, tuple(tagged), tuple(zombies))
+
+    def reapOrphans(self, candidates: Sequence[int] | None = None) -> int:
         """
         Reap the zombie orphans re-parented to us (see L{reapOrphans}).
 
+        @param candidates: the zombie children a L{survey} found; by
+            default C{/proc} is scanned here (and the C{reap} given to the
+            constructor is used).
         @return: how many were reaped.
         """
-        reaped = self._reap()
+        reaped = self._reap() if candidates is None else reapOrphans(candidates=candidates)
         if reaped:
             self.log.debug("reaped orphaned processes {pids}", pids=list(reaped))
         return len(reaped)

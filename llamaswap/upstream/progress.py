@@ -3,8 +3,8 @@
 How far an upstream's load is, read from C{/proc}.
 
 While a model starts, L{LoadProgress} polls (in a thread, every half
-second) how much of the model file named in its command its processes have
-brought in: the resident size of the file's mappings in
+second) how much of the model file named in its command (or by its C{loadFile:}
+setting) its processes have brought in: the resident size of the file's mappings in
 C{/proc/<pid>/smaps} for loaders that C{mmap} it (llama.cpp), and the bytes
 read through C{read()} (C{rchar} of C{/proc/<pid>/io}) for those that read
 it.  With no model file it reports the elapsed time against the model's
@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["modelFile", "bytesLoaded", "LoadProgress"]
+__all__ = ["modelFile", "namedFile", "bytesLoaded", "LoadProgress"]
 
 _PROC = "/proc"
 
@@ -29,6 +29,13 @@ MODEL_OPTIONS = ("-m", "--model")
 
 #: Seconds between two samples of the loads in progress.
 INTERVAL = 0.5
+
+
+def namedFile(path: str) -> Optional[str]:
+    """
+    @return: C{path} resolved when it is a file, else L{None}.
+    """
+    return os.path.realpath(path) if os.path.isfile(path) else None
 
 
 def modelFile(argv: Sequence[str]) -> Optional[str]:
@@ -159,13 +166,23 @@ class LoadProgress:
         self._loop: Optional[LoopingCall] = None
         self._sampling = False
 
-    def began(self, modelId: str, pgid: Optional[int], argv: Sequence[str]) -> None:
+    def began(
+        self,
+        modelId: str,
+        pgid: Optional[int],
+        argv: Sequence[str],
+        loadFile: Optional[str] = None,
+    ) -> None:
         """
         C{modelId}'s process group C{pgid} started loading.
+
+        @param argv: its command, where C{-m}/C{--model} names the file.
+        @param loadFile: the file to watch instead (the model's
+            C{loadFile:} setting), for backends that name it otherwise.
         """
         if pgid is None:
             return
-        path = modelFile(argv)
+        path = namedFile(loadFile) if loadFile else modelFile(argv)
         size = 0
         if path is not None:
             try:

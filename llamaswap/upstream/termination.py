@@ -2,6 +2,10 @@
 """
 Taking one run of an upstream down: its process group, its stop command,
 and its descendants that left the group.
+
+What is left of a run is read off the reactor thread (L{ILauncher.survey}:
+a C{/proc} walk and cgroup files); signals, cgroup kills and reaping are
+done on it.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from llamaswap.upstream.exits import describeExit, goDuration
-from llamaswap.upstream.process import UpstreamProcessProtocol
+from llamaswap.upstream.process import Leftovers, UpstreamProcessProtocol
 
 __all__ = ["Termination", "POLL_FIRST_DELAY", "POLL_MAX_DELAY"]
 
@@ -60,6 +66,7 @@ class Termination:
         self._pollDelay = POLL_FIRST_DELAY
         self._killed = False
         self._warnedEscapees = False
+        self._surveying = False
         self.done = False
 
     def begin(self) -> None:
@@ -86,18 +93,39 @@ class Termination:
         if not self._groups:
             self._check()
 
-    def _escapees(self) -> list[int]:
+    def _survey(self) -> Deferred[Leftovers]:
         """
-        @return: live descendants of the run that left its process group.
+        Ask the launcher, which looks off the reactor thread, what is left
+        of the run.
+
+        @return: a L{Deferred} that fires with a L{Leftovers}; a failure to
+            look is logged and taken as nothing left (so a stop cannot hang
+            on a bug), as the process groups' own exits were seen.
         """
-        find = getattr(self._core.launcher, "escapees", None)
-        if find is None or self._run.tag is None:
-            return []
-        try:
-            return list(find(self._run.tag, self._run.pgid))
-        except Exception:
-            self.log.failure("[{model}] looking for escaped processes", model=self._core.model.id)
-            return []
+        run = self._run
+        pgids = [pgid for pgid, _ in self._groups]
+        d = maybeDeferred(self._core.launcher.survey, run.tag, run.pgid, pgids)
+
+        def failed(reason: Failure) -> Leftovers:
+            self.log.failure("[{model}] looking for what is left of the upstream failed",
+                             reason, model=self._core.model.id)
+            return Leftovers(False)
+
+        return d.addErrback(failed)
+
+    def _signalEscapeesSoon(self, signum: int) -> None:
+        """
+        Look for the run's escaped descendants (off the reactor thread) and
+        signal them, unless the termination is over by then.
+        """
+
+        def found(left: Leftovers) -> None:
+            if not self.done:
+                self._signalEscapees(left.escapees, signum)
+
+        self._survey().addCallback(found).addErrback(
+            lambda f: self.log.failure("[{model}] signalling escaped processes failed", f,
+                                       model=self._core.model.id))
 
     def _runCall(self, name: str) -> bool:
         """
@@ -115,19 +143,19 @@ class Termination:
             self.log.failure("[{model}] {name} failed", model=self._core.model.id, name=name)
             return False
 
-    def _signalEscapees(self, signum: int) -> bool:
+    def _signalEscapees(self, pids: tuple[int, ...], signum: int) -> bool:
         """
-        Signal the run's escaped descendants.
+        Signal the run's escaped descendants C{pids}.
 
         @return: whether there were any.
         """
-        pids = self._escapees()
+        pids = tuple(pids)
         if pids:
             if signum == signal.SIGKILL or not self._warnedEscapees:
                 self.log.warn(
                     "[{model}] processes {pids} left the upstream's process group; "
                     "sending them signal {signal}",
-                    model=self._core.model.id, pids=pids, signal=int(signum))
+                    model=self._core.model.id, pids=list(pids), signal=int(signum))
                 self._warnedEscapees = True
             self._core.launcher.signalPids(pids, signum)
         return bool(pids)
@@ -177,7 +205,7 @@ class Termination:
                 return
         if run.pgid is not None:
             core.launcher.signalGroup(run.pgid, signal.SIGTERM)
-        self._signalEscapees(signal.SIGTERM)
+        self._signalEscapeesSoon(signal.SIGTERM)
 
     def _stopCommandExited(self, reason: object, argv: list[str]) -> None:
         if not isinstance(reason, ProcessDone):
@@ -205,20 +233,31 @@ class Termination:
         for pgid, _ in self._groups:
             self._core.launcher.signalGroup(pgid, signal.SIGKILL)
         self._runCall("killRun")
-        self._signalEscapees(signal.SIGKILL)
+        self._signalEscapeesSoon(signal.SIGKILL)
 
     def _leaderExited(self, reason: object, pgid: int) -> None:
         self._waitingFor -= 1
         self._check()
 
     def _check(self) -> None:
+        """
+        Every leader has exited: look (off the reactor thread) at what is
+        left, and end only once a look begun after that finds nothing.
+        """
         self._pollCall = None
-        if self.done or self._waitingFor:
+        if self.done or self._waitingFor or self._surveying:
             return
-        launcher = self._core.launcher
-        if (any(launcher.groupAlive(pgid) for pgid, _ in self._groups)
-                or self._runCall("runAlive")
-                or self._signalEscapees(signal.SIGKILL if self._killed else signal.SIGTERM)):
+        self._surveying = True
+        self._survey().addCallback(self._surveyed).addErrback(
+            lambda f: self.log.failure("[{model}] checking the stop failed", f,
+                                       model=self._core.model.id))
+
+    def _surveyed(self, left: Leftovers) -> None:
+        self._surveying = False
+        if self.done:
+            return
+        signum = signal.SIGKILL if self._killed else signal.SIGTERM
+        if self._signalEscapees(left.escapees, signum) or left.alive:
             self._pollCall = self._core.clock.callLater(self._pollDelay, self._check)
             self._pollDelay = min(self._pollDelay * 2, POLL_MAX_DELAY)
             return
@@ -228,7 +267,7 @@ class Termination:
         self._killCall = None
         self._runCall("releaseRun")
         try:
-            launcher.reapOrphans()
+            self._core.launcher.reapOrphans(left.orphans)
         except Exception:
             self.log.failure("[{model}] reaping orphans failed", model=self._core.model.id)
         self._afterPipes()

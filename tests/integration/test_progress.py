@@ -67,3 +67,41 @@ class ProgressTests(TestCase):
         status = {r["id"]: r for r in daemon.root.observatory.modelStatus()}
         self.assertEqual((status["slow"]["state"], status["slow"]["progress"]), ("ready", None))
         self.assertEqual(status["slow"]["port"], daemon.config.models["slow"].port)
+
+    @asyncTest
+    async def test_loadFileNamesTheWeightsOfOtherBackends(self) -> None:
+        """
+        A backend whose command names its weights otherwise than with -m
+        shows byte progress through the model's loadFile.
+        """
+        model = os.path.abspath(self.mktemp())
+        with open(model, "wb") as f:
+            f.write(os.urandom(64 * 1024 * 40))
+        reader = os.path.abspath(self.mktemp())
+        with open(reader, "w") as f:
+            f.write(READER.replace("sys.argv.index('-m') + 1", "1"))
+        python = json.dumps(sys.executable)
+        env = json.dumps(f"PYTHONPATH={PROJECT_ROOT}")
+        config = (
+            "models:\n  other:\n"
+            f"    env: [{env}]\n"
+            f"    loadFile: {model}\n"
+            "    cmd: |\n"
+            f"      sh -c '{python} {reader} {model} && exec {python} -m llamaswap.demo"
+            " --port ${PORT} --model other'\n"
+        )
+        daemon = InProcessDaemon(self, config)
+        answered = Deferred.fromCoroutine(daemon.chat("other"))
+        seen: list[int] = []
+
+        async def loading() -> bool:
+            for record in (await daemon.getJSON("/running"))["running"]:
+                progress = record.get("progress")
+                if progress and progress["bytesLoaded"]:
+                    self.assertEqual(progress["bytesTotal"], 64 * 1024 * 40)
+                    seen.append(progress["bytesLoaded"])
+            return len(seen) >= 2 and seen[-1] > seen[0]
+
+        await eventually(loading, timeout=30, step=0.2)
+        response, _ = await answered
+        self.assertEqual(response.code, 200)

@@ -42,7 +42,7 @@ class ReloadTests(TestCase):
         report = await daemon.root.reload(new)
         self.assertEqual(report.toJSON(), {
             "applied": True, "reason": None, "kept": ["keep"], "restarted": ["change"],
-            "added": ["added"], "removed": ["drop"]})
+            "changed": [], "added": ["added"], "removed": ["drop"]})
 
         self.assertEqual(await daemon.chatPid("keep"), keep)
         # A request for the changed model waits for its old process to go.
@@ -88,3 +88,27 @@ class ReloadTests(TestCase):
         self.assertNotEqual(daemon.root.config.models["a"].port, port)
         self.assertEqual(await daemon.chatPid("m"), pid)
         await daemon.chatPid("a")
+
+    @asyncTest
+    async def test_changedIdleModelIsReportedChanged(self) -> None:
+        """
+        A model that is not running and whose settings change is reported
+        as changed (nothing was stopped); its next start runs the new
+        command.
+        """
+        daemon = InProcessDaemon(
+            self, demoModels(["run", "idle"]) + GROUP.format(members="run, idle"))
+        pid = await daemon.chatPid("run")
+        new = loadConfigText(
+            f"startPort: {daemon.config.startPort}\n"
+            + demoModels(["run"])
+            + demoModels(["idle"], "--tokens 3").replace("models:\n", "")
+            + GROUP.format(members="run, idle"))
+        self.assertEqual(new.models["run"], daemon.config.models["run"])
+        report = await daemon.root.reload(new)
+        self.assertEqual(report.toJSON(), {
+            "applied": True, "reason": None, "kept": ["run"], "restarted": [],
+            "changed": ["idle"], "added": [], "removed": []})
+        self.assertEqual(await daemon.chatPid("run"), pid)
+        self.assertIn("--tokens 3", daemon.root.router.machines["idle"]._core.model.cmd)
+        await daemon.chatPid("idle")

@@ -19,6 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.python.threadable import isInIOThread
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -79,6 +80,11 @@ class _RecordingLauncher(Launcher):
         super().__init__(*a, **kw)
         self.protocols: list[UpstreamProcessProtocol] = []
         self.pids: list[int] = []
+        self.lookedFrom: list[bool] = []
+
+    def leftovers(self, *a: Any) -> Any:
+        self.lookedFrom.append(isInIOThread())
+        return super().leftovers(*a)
 
     def spawn(self, model: str, argv: Any, env: Any, protocol: Any) -> Any:
         transport = super().spawn(model, argv, env, protocol)
@@ -305,6 +311,8 @@ class UpstreamMachineRealTests(TestCase):
             await machine.stop(grace=0.5)
             self.assertLess(time.monotonic() - started, 5)
             self.assertFalse(_alive(helper))
+            self.assertTrue(self.launcher.lookedFrom)
+            self.assertNotIn(True, self.launcher.lookedFrom, "a /proc walk on the reactor thread")
 
         return ensureDeferred(run())
 

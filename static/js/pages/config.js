@@ -31,7 +31,8 @@ export function ConfigPage() {
       <button class="primary" onClick=${reload} disabled=${busy || !live}>${busy ? "Reloading…" : "Reload config"}</button></div>
     ${report && (report.applied
       ? html`<div class="card ok-box" role="status"><strong>Config reloaded.</strong><dl class="report">
-          <${List} label="Kept running" items=${report.kept} /><${List} label="Restarted" items=${report.restarted} />
+          <${List} label="Kept" items=${report.kept} /><${List} label="Restarted" items=${report.restarted} />
+          <${List} label="Changed (not running)" items=${report.changed} />
           <${List} label="Added" items=${report.added} /><${List} label="Removed" items=${report.removed} /></dl></div>`
       : html`<div class="failure" role="alert"><strong>Reload refused${report.status ? " (HTTP " + report.status + ")" : ""}:</strong> ${report.reason}. The old config keeps serving.</div>`)}
     ${error && html`<div class="failure" role="alert">Could not read the config: ${error}</div>`}
