@@ -4,9 +4,10 @@ Builds the service tree of a running llamaswap from a validated config.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -58,9 +59,10 @@ class _Housekeeping(Service):
         if self._launcher.cgroups is None:
             self._tree = CgroupTree.find()
             self._launcher.useCgroups(self._tree)
-        if self._launcher.cgroups is not None:
+        cgroups: Any = self._launcher.cgroups
+        if cgroups is not None:
             self.log.info("each upstream runs in its own cgroup under {path}",
-                          path=self._launcher.cgroups.path)
+                          path=cgroups.path)
         else:
             self.log.info("no writable cgroup v2: upstream descendants are tracked by process "
                           "group and environment tag")
@@ -182,8 +184,7 @@ class _ShutdownSignals(Service):
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 previous = signal.getsignal(signum)
-                signal.signal(signum, lambda n, frame, previous=previous: self._handle(
-                    n, frame, previous))
+                signal.signal(signum, functools.partial(self._handle, previous=previous))
             except ValueError:  # not the main thread
                 return
 

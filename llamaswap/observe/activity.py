@@ -7,7 +7,7 @@ token usage (SPEC.md section 6.2), and subscribers to new ones.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 import attr
 from twisted.internet.interfaces import IReactorTime
@@ -155,7 +155,7 @@ class ActivityLog:
             return record.asJSON()
         return record.asJSON(hasCapture=self.captures.has(record.id))
 
-    def listJSON(self) -> list[dict[str, Any]]:
+    def listJSON(self) -> List[Dict[str, Any]]:
         """
         @return: C{GET /api/metrics}: every stored entry as JSON, oldest
             first (C{[]} when none).

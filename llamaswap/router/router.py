@@ -16,7 +16,7 @@ re-entrancy.  What happens is told to an L{IRouterReport}.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import attr
 from twisted.application.service import Service
@@ -698,7 +698,8 @@ class RouterService(Service):
 
     def _explain(self, target: str, running) -> None:
         try:
-            line = (self.memory.planner or self.planner).explain(target, running)
+            planner: Any = self.memory.planner or self.planner
+            line = planner.explain(target, running)
         except Exception:
             self.log.failure("[{model}] explaining a swap", model=target)
             return

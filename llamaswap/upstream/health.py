@@ -54,7 +54,7 @@ class ProbeEndpoints:
         self._standard = _StandardEndpointFactory(
             reactor, BrowserLikePolicyForHTTPS(), timeout, None)
 
-    def endpointForURI(self, uri) -> IStreamClientEndpoint:  # type: ignore[no-untyped-def]
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
         """
         @param uri: a L{twisted.web.client.URI} with an C{http} scheme.
         @return: the endpoint to connect to C{uri.host:uri.port}.

@@ -486,7 +486,7 @@ class Launcher:
 
             def deferToThread(f: Callable[..., object], *args: object) -> Deferred:
                 return deferToThreadPool(
-                    reactor, reactor.getThreadPool(), f, *args  # type: ignore[attr-defined]
+                    reactor, reactor.getThreadPool(), f, *args  # type: ignore[attr-defined, arg-type]
                 )
 
         self._deferToThread = deferToThread

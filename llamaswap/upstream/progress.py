@@ -55,7 +55,7 @@ def modelFile(argv: Sequence[str]) -> Optional[str]:
 
 
 def _groupPids(pgid: int, procRoot: str) -> List[str]:
-    out = []
+    out: List[str] = []
     try:
         names = os.listdir(procRoot)
     except OSError:

@@ -277,7 +277,7 @@ class Termination:
         Feed C{_groupGone} once the run's pipes are closed (its last output
         read, for a failed start's report), or after L{PIPE_GRACE}.
         """
-        fired = []
+        fired: list[bool] = []
         timer: list[IDelayedCall] = []
 
         def gone(_: object = None) -> None:

@@ -269,8 +269,8 @@ class UpstreamMachineRealTests(TestCase):
 
         async def run() -> None:
             await machine.start()
-            await _eventually(lambda: any(l.startswith("hidden ") for l in self.lines))
-            [line] = [l for l in self.lines if l.startswith("hidden ")]
+            await _eventually(lambda: any(ln.startswith("hidden ") for ln in self.lines))
+            [line] = [ln for ln in self.lines if ln.startswith("hidden ")]
             helper = int(line.split()[1])
             self.addCleanup(lambda: _alive(helper) and os.kill(helper, signal.SIGKILL))
             await _eventually(lambda: _procName(helper) == "sleep")
@@ -301,8 +301,8 @@ class UpstreamMachineRealTests(TestCase):
 
         async def run() -> None:
             await machine.start()
-            await _eventually(lambda: any(l.startswith("escaped ") for l in self.lines))
-            [line] = [l for l in self.lines if l.startswith("escaped ")]
+            await _eventually(lambda: any(ln.startswith("escaped ") for ln in self.lines))
+            [line] = [ln for ln in self.lines if ln.startswith("escaped ")]
             helper = int(line.split()[1])
             self.addCleanup(lambda: _alive(helper) and os.kill(helper, signal.SIGKILL))
             self.assertNotEqual(os.getpgid(helper), machine.pid)
