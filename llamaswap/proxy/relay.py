@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_relay -*-
 """
 The streaming relay: one client request sent to an upstream, its answer
 streamed back chunk by chunk with backpressure.
