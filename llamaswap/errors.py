@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_router,tests.test_multipart -*-
 """
 The errors llamaswap answers clients with.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.integration.test_reload -*-
 """
 What a config reload did, as the daemon reports it to its log and to
 C{POST /api/config/reload}.

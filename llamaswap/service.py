@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap,tests.integration.test_daemon -*-
 """
 Builds the service tree of a running llamaswap from a validated config.
 """

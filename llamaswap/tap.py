@@ -341,6 +341,14 @@ class StartupGuard(MultiService):
 
     def _fail(self, message: str) -> None:
         line = f"llamaswap: {message}"
+        # The pidfile goes first: the parent told of the failure exits at
+        # once, and whatever checks the pidfile next must not find it.
+        pidfile = self._option("pidfile")
+        if pidfile:
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
         statusPipe = self._option("statusPipe")
         if statusPipe is not None:
             log.critical("{line}", line=line)
@@ -351,12 +359,6 @@ class StartupGuard(MultiService):
             stderr = sys.__stderr__ or sys.stderr
             stderr.write(line + "\n")
             stderr.flush()
-        pidfile = self._option("pidfile")
-        if pidfile:
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
         raise SystemExit(1)
 
 

@@ -16,6 +16,17 @@ TLS:
     - L{writeCertificate}: a self-signed certificate and its key, as PEM
       files, for C{--tls-cert-file}/C{--tls-key-file}.
 
+Router:
+    - L{FakeMachine}: an upstream machine whose start and stop the test
+      completes by hand.
+
+Observability:
+    - L{FakeNvml}, L{FakeNVMLError}: the parts of C{pynvml} the GPU probe
+      uses; L{FakeThreads}: an injected C{deferToThread}; L{FlakyProbe}: a
+      probe whose samples the test scripts.
+    - L{FakeProc}: a fake C{/proc} tree (L{STAT_1}, L{STAT_2}, ...).
+    - L{samples}, L{value}: read a L{Metrics} exposition.
+
 Upstreams:
     - L{FakeProbe}: an C{IHealthProbe} whose answers the test fires.
     - L{StubModelConfig}: the attributes of C{llamaswap.config.ModelConfig}
@@ -31,17 +42,22 @@ GPUs:
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import attr
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from llamaswap.interfaces import IGpuProbe, IHealthProbe, ILauncher
+from llamaswap.observe.prom import Metrics
 
 
 class FakeProcess:
@@ -438,3 +454,320 @@ def writeCertificate(directory: str, name: str = "localhost") -> tuple[str, str]
             )
         )
     return certPath, keyPath
+
+
+# -- the router's upstream machines ----------------------------------------
+
+
+class FakeMachine:
+    """
+    An upstream machine whose start and stop the test completes by hand.
+
+    Every call to L{start} and L{stop} is appended to C{log} as
+    C{("start", modelId)} or C{("stop", modelId)}.
+    """
+
+    def __init__(self, model, onExit, log):
+        self.modelId = model.id
+        self.model = model
+        self.state = "stopped"
+        self.pid = None
+        self.failure = None
+        self.graces: list = []
+        self.onExit = onExit
+        self.log = log
+        self.starting: Deferred | None = None
+        self.stopWaiters: list[Deferred] = []
+
+    def start(self):
+        self.log.append(("start", self.modelId))
+        if self.state == "ready":
+            return succeed(None)
+        self.state = "starting"
+        self.starting = Deferred()
+        return self.starting
+
+    def stop(self, grace=None):
+        self.log.append(("stop", self.modelId))
+        self.graces.append(grace)
+        if self.state in ("stopped", "failed"):
+            return succeed(None)
+        if self.starting is not None:
+            starting, self.starting = self.starting, None
+            from llamaswap.upstream.machine import StartAborted
+
+            starting.errback(StartAborted())
+        self.state = "stopping"
+        d = Deferred()
+        self.stopWaiters.append(d)
+        return d
+
+    # test drivers
+    def becomeReady(self):
+        self.state = "ready"
+        self.pid = 100
+        starting, self.starting = self.starting, None
+        starting.callback(None)
+
+    def failStart(self, message, linger=False):
+        """
+        The start fails.  With C{linger}, the machine stays C{stopping}
+        (taking the failed process down) until L{finishStop}.
+        """
+        from llamaswap.upstream.machine import UpstreamStartError
+
+        self.state = "stopping" if linger else "failed"
+        starting, self.starting = self.starting, None
+        self.failure = {"reason": message, "exitCode": 1, "lastLines": ["oops"]}
+        starting.errback(UpstreamStartError(message, 1, ("oops",)))
+
+    def finishStop(self, state="stopped"):
+        self.state = state
+        self.pid = None
+        waiters, self.stopWaiters = self.stopWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def crash(self, linger=False):
+        """
+        The process exits on its own.  With C{linger}, the machine stays
+        C{stopping} (its process group is still going away) until
+        L{finishStop}, as the real one does.
+        """
+        self.state = "stopping" if linger else "failed"
+        self.onExit(self.modelId, "exit code 1")
+
+
+# -- NVML and threads for the GPU probe ------------------------------------
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+class FakeNvml:
+    """
+    The parts of the C{pynvml} module that L{NvmlProbe} uses, over a list
+    of fake GPUs.  Names come back as bytes (older bindings) for GPU 0 and
+    text for the others.  GPU 0 reports its memory temperature, GPU 1 does
+    not (C{NVML_ERROR_NOT_SUPPORTED} for the field).
+    """
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_FI_DEV_MEMORY_TEMP = 82
+    NVML_VALUE_TYPE_DOUBLE = 0
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1
+
+    def __init__(self, gpus=None, initError=None):
+        self.gpus = gpus if gpus is not None else [
+            {"name": b"NVIDIA H100", "uuid": "GPU-aaaa", "gpu": 87, "memory": 40,
+             "used": 30 * 2**30, "total": 80 * 2**30, "temp": 61, "power": 312500, "fan": 35,
+             "vram": 72},
+            {"name": "NVIDIA L4", "uuid": "GPU-bbbb", "gpu": 0, "memory": 0,
+             "used": 2**20, "total": 24 * 2**30, "temp": 30, "power": None, "fan": None,
+             "vram": None},
+        ]
+        self.initError = initError
+        self.calls: list[str] = []
+
+    def nvmlInit(self):
+        self.calls.append("init")
+        if self.initError is not None:
+            raise self.initError
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return self.gpus[index]
+
+    def nvmlDeviceGetName(self, handle):
+        return handle["name"]
+
+    def nvmlDeviceGetUUID(self, handle):
+        return handle["uuid"]
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return SimpleNamespace(gpu=handle["gpu"], memory=handle["memory"])
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(used=handle["used"], total=handle["total"],
+                               free=handle["total"] - handle["used"])
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        return handle["temp"]
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        if handle["power"] is None:
+            raise FakeNVMLError("Not Supported")
+        return handle["power"]
+
+    def nvmlDeviceGetFanSpeed(self, handle):
+        if handle["fan"] is None:
+            raise FakeNVMLError("Not Supported")
+        return handle["fan"]
+
+    def nvmlDeviceGetFieldValues(self, handle, fieldIds):
+        assert fieldIds == [self.NVML_FI_DEV_MEMORY_TEMP]
+        vram = handle["vram"]
+        if isinstance(vram, float):
+            return [SimpleNamespace(nvmlReturn=0, valueType=self.NVML_VALUE_TYPE_DOUBLE,
+                                    value=SimpleNamespace(dVal=vram))]
+        return [SimpleNamespace(nvmlReturn=3 if vram is None else 0,
+                                valueType=self.NVML_VALUE_TYPE_UNSIGNED_INT,
+                                value=SimpleNamespace(uiVal=vram or 0))]
+
+
+class FakeThreads:
+    """
+    An injected C{deferToThread}: records each call and either runs it at
+    once or leaves it pending until the test fires it.
+    """
+
+    def __init__(self, immediate=True):
+        self.immediate = immediate
+        self.calls = []
+        self.pending: list[tuple[Deferred, object]] = []
+
+    def __call__(self, f, *args, **kw):
+        self.calls.append(f)
+        if not self.immediate:
+            d = Deferred()
+            self.pending.append((d, lambda: f(*args, **kw)))
+            return d
+        try:
+            return succeed(f(*args, **kw))
+        except Exception:
+            return fail()
+
+    def runPending(self):
+        pending, self.pending = self.pending, []
+        for d, call in pending:
+            try:
+                d.callback(call())
+            except Exception:
+                d.errback()
+
+
+class FlakyProbe:
+    """
+    A probe whose next samples the test scripts: a list, or an exception
+    to raise.
+    """
+
+    available = True
+
+    def __init__(self, results):
+        self.results = list(results)
+        self.calls = 0
+        self.shutdowns = 0
+
+    def sample(self):
+        self.calls += 1
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+# -- /proc for the system probe -------------------------------------------
+
+
+# user nice system idle iowait irq softirq steal guest guest_nice
+STAT_1 = """\
+cpu  300 0 100 1500 100 0 0 0 0 0
+cpu0 100 0 50 800 50 0 0 0 0 0
+cpu1 200 0 50 700 50 0 0 0 0 0
+intr 1583883 0 0 0
+ctxt 2236752
+btime 1700000000
+"""
+
+
+# cpu0: +100 busy of +200 (50%); cpu1: +150 busy +50 idle/iowait (75%).
+STAT_2 = """\
+cpu  550 0 100 1600 100 0 0 0 0 0
+cpu0 200 0 50 900 50 0 0 0 0 0
+cpu1 350 0 50 720 80 0 0 0 0 0
+intr 1583899 0 0 0
+"""
+
+
+MEMINFO = """\
+MemTotal:       16777216 kB
+MemFree:         4194304 kB
+MemAvailable:   10485760 kB
+Buffers:          524288 kB
+Cached:          2097152 kB
+SwapCached:            0 kB
+SReclaimable:     524288 kB
+SwapTotal:       2097152 kB
+SwapFree:        1572864 kB
+HugePages_Total:       0
+"""
+
+
+LOADAVG = "1.50 0.75 0.25 3/812 12345\n"
+
+
+NET_DEV = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|"
+    "bytes    packets errs drop fifo colls carrier compressed\n"
+    "    lo: 551292608  243157    0    0    0     0          0         0 "
+    "551292608  243157    0    0    0     0       0          0\n"
+    "  eth0: 1050485753   21628    0    0    0     0          0         0 "
+    " 1293827   14778    0    0    0     0       0          0\n"
+    "wlan0:123 1 0 0 0 0 0 0 456 2 0 0 0 0 0 0\n"
+)
+
+
+class FakeProc:
+    """
+    A fake C{/proc} tree in a temporary directory.
+    """
+
+    def __init__(self, root: str, stat=STAT_1, meminfo=MEMINFO, loadavg=LOADAVG,
+                 netDev=NET_DEV) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, "net"))
+        for name, text in (("stat", stat), ("meminfo", meminfo), ("loadavg", loadavg),
+                           (os.path.join("net", "dev"), netDev)):
+            if text is not None:
+                self.write(name, text)
+
+    def write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.root, name), "w") as f:
+            f.write(text)
+
+    def remove(self, name: str) -> None:
+        os.remove(os.path.join(self.root, name))
+
+
+# -- reading /metrics -----------------------------------------------------
+
+
+def samples(metrics: Metrics) -> dict[str, list]:
+    """
+    Parse the exposition; map each sample name to its C{(labels, value)}
+    pairs.
+    """
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(metrics.render().decode("utf-8")):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def value(found, sampleName, **labels):
+    matches = [v for sampleLabels, v in found[sampleName]
+               if all(sampleLabels.get(k) == w for k, w in labels.items())]
+    assert len(matches) == 1, (sampleName, labels, found.get(sampleName))
+    return matches[0]

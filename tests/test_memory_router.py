@@ -20,7 +20,7 @@ from llamaswap.router.memory import RouterMemory
 from llamaswap.router.router import RouterService
 from llamaswap.upstream.exits import UpstreamStartError
 from tests.fakes import FakeGpuProbe, inlineThread
-from tests.test_router import FakeMachine
+from tests.fakes import FakeMachine
 
 GiB = 1024 ** 3
 

@@ -18,7 +18,7 @@ from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.observe.prom import Metrics
 from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.tokens import ActivityLog
-from tests.test_observe_prom import samples, value
+from tests.fakes import samples, value
 
 STREAM = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
           b'data: {"choices":[],"usage":{"prompt_tokens":15,"completion_tokens":33}}\n\n'

@@ -7,95 +7,13 @@ L{tests.test_observe_performance}.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from llamaswap.interfaces import IGpuProbe
 from llamaswap.observe.gpu import SAMPLE_KEYS, NvmlProbe
-
-
-class FakeNVMLError(Exception):
-    pass
-
-
-class FakeNvml:
-    """
-    The parts of the C{pynvml} module that L{NvmlProbe} uses, over a list
-    of fake GPUs.  Names come back as bytes (older bindings) for GPU 0 and
-    text for the others.  GPU 0 reports its memory temperature, GPU 1 does
-    not (C{NVML_ERROR_NOT_SUPPORTED} for the field).
-    """
-
-    NVML_TEMPERATURE_GPU = 0
-    NVML_FI_DEV_MEMORY_TEMP = 82
-    NVML_VALUE_TYPE_DOUBLE = 0
-    NVML_VALUE_TYPE_UNSIGNED_INT = 1
-
-    def __init__(self, gpus=None, initError=None):
-        self.gpus = gpus if gpus is not None else [
-            {"name": b"NVIDIA H100", "uuid": "GPU-aaaa", "gpu": 87, "memory": 40,
-             "used": 30 * 2**30, "total": 80 * 2**30, "temp": 61, "power": 312500, "fan": 35,
-             "vram": 72},
-            {"name": "NVIDIA L4", "uuid": "GPU-bbbb", "gpu": 0, "memory": 0,
-             "used": 2**20, "total": 24 * 2**30, "temp": 30, "power": None, "fan": None,
-             "vram": None},
-        ]
-        self.initError = initError
-        self.calls: list[str] = []
-
-    def nvmlInit(self):
-        self.calls.append("init")
-        if self.initError is not None:
-            raise self.initError
-
-    def nvmlShutdown(self):
-        self.calls.append("shutdown")
-
-    def nvmlDeviceGetCount(self):
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return self.gpus[index]
-
-    def nvmlDeviceGetName(self, handle):
-        return handle["name"]
-
-    def nvmlDeviceGetUUID(self, handle):
-        return handle["uuid"]
-
-    def nvmlDeviceGetUtilizationRates(self, handle):
-        return SimpleNamespace(gpu=handle["gpu"], memory=handle["memory"])
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(used=handle["used"], total=handle["total"],
-                               free=handle["total"] - handle["used"])
-
-    def nvmlDeviceGetTemperature(self, handle, sensor):
-        assert sensor == self.NVML_TEMPERATURE_GPU
-        return handle["temp"]
-
-    def nvmlDeviceGetPowerUsage(self, handle):
-        if handle["power"] is None:
-            raise FakeNVMLError("Not Supported")
-        return handle["power"]
-
-    def nvmlDeviceGetFanSpeed(self, handle):
-        if handle["fan"] is None:
-            raise FakeNVMLError("Not Supported")
-        return handle["fan"]
-
-    def nvmlDeviceGetFieldValues(self, handle, fieldIds):
-        assert fieldIds == [self.NVML_FI_DEV_MEMORY_TEMP]
-        vram = handle["vram"]
-        if isinstance(vram, float):
-            return [SimpleNamespace(nvmlReturn=0, valueType=self.NVML_VALUE_TYPE_DOUBLE,
-                                    value=SimpleNamespace(dVal=vram))]
-        return [SimpleNamespace(nvmlReturn=3 if vram is None else 0,
-                                valueType=self.NVML_VALUE_TYPE_UNSIGNED_INT,
-                                value=SimpleNamespace(uiVal=vram or 0))]
+from tests.fakes import FakeNvml, FakeNVMLError
 
 
 class OldNvml(FakeNvml):
@@ -187,56 +105,3 @@ class ProbeTests(SynchronousTestCase):
             self.assertEqual(set(gpus[0]), set(SAMPLE_KEYS))
 
 
-class FakeThreads:
-    """
-    An injected C{deferToThread}: records each call and either runs it at
-    once or leaves it pending until the test fires it.
-    """
-
-    def __init__(self, immediate=True):
-        self.immediate = immediate
-        self.calls = []
-        self.pending: list[tuple[Deferred, object]] = []
-
-    def __call__(self, f, *args, **kw):
-        self.calls.append(f)
-        if not self.immediate:
-            d = Deferred()
-            self.pending.append((d, lambda: f(*args, **kw)))
-            return d
-        try:
-            return succeed(f(*args, **kw))
-        except Exception:
-            return fail()
-
-    def runPending(self):
-        pending, self.pending = self.pending, []
-        for d, call in pending:
-            try:
-                d.callback(call())
-            except Exception:
-                d.errback()
-
-
-class FlakyProbe:
-    """
-    A probe whose next samples the test scripts: a list, or an exception
-    to raise.
-    """
-
-    available = True
-
-    def __init__(self, results):
-        self.results = list(results)
-        self.calls = 0
-        self.shutdowns = 0
-
-    def sample(self):
-        self.calls += 1
-        result = self.results.pop(0)
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def shutdown(self):
-        self.shutdowns += 1

@@ -26,8 +26,7 @@ from llamaswap.observe.performance import (
 )
 from llamaswap.observe.system import SystemProbe
 from llamaswap.web.performance import PerformanceResource
-from tests.test_observe_gpu import FakeNvml, FakeNVMLError, FakeThreads, FlakyProbe
-from tests.test_observe_system import STAT_2, FakeProc
+from tests.fakes import STAT_2, FakeNvml, FakeNVMLError, FakeProc, FakeThreads, FlakyProbe
 
 MIB = 1048576
 

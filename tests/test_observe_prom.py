@@ -15,8 +15,7 @@ from llamaswap.observe.gpu import NvmlProbe
 from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import MODEL_STATES, Metrics, MetricsResource
 from llamaswap.observe.system import SystemProbe
-from tests.test_observe_gpu import FakeNvml, FakeThreads
-from tests.test_observe_system import FakeProc
+from tests.fakes import FakeNvml, FakeProc, FakeThreads, samples, value
 
 MIB = 1048576
 
@@ -43,25 +42,6 @@ def families(metrics: Metrics) -> dict[str, str]:
     """
     text = metrics.render().decode("utf-8")
     return {f.name: f.type for f in text_string_to_metric_families(text)}
-
-
-def samples(metrics: Metrics) -> dict[str, list]:
-    """
-    Parse the exposition; map each sample name to its C{(labels, value)}
-    pairs.
-    """
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(metrics.render().decode("utf-8")):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def value(found, sampleName, **labels):
-    matches = [v for sampleLabels, v in found[sampleName]
-               if all(sampleLabels.get(k) == w for k, w in labels.items())]
-    assert len(matches) == 1, (sampleName, labels, found.get(sampleName))
-    return matches[0]
 
 
 class MetricsTests(SynchronousTestCase):

@@ -19,74 +19,10 @@ from llamaswap.observe.system import (
     parseNetDev,
     parseStat,
 )
+from tests.fakes import LOADAVG, MEMINFO, NET_DEV, STAT_1, STAT_2, FakeProc
 
-# user nice system idle iowait irq softirq steal guest guest_nice
-STAT_1 = """\
-cpu  300 0 100 1500 100 0 0 0 0 0
-cpu0 100 0 50 800 50 0 0 0 0 0
-cpu1 200 0 50 700 50 0 0 0 0 0
-intr 1583883 0 0 0
-ctxt 2236752
-btime 1700000000
-"""
-
-# cpu0: +100 busy of +200 (50%); cpu1: +150 busy +50 idle/iowait (75%).
-STAT_2 = """\
-cpu  550 0 100 1600 100 0 0 0 0 0
-cpu0 200 0 50 900 50 0 0 0 0 0
-cpu1 350 0 50 720 80 0 0 0 0 0
-intr 1583899 0 0 0
-"""
-
-MEMINFO = """\
-MemTotal:       16777216 kB
-MemFree:         4194304 kB
-MemAvailable:   10485760 kB
-Buffers:          524288 kB
-Cached:          2097152 kB
-SwapCached:            0 kB
-SReclaimable:     524288 kB
-SwapTotal:       2097152 kB
-SwapFree:        1572864 kB
-HugePages_Total:       0
-"""
-
-LOADAVG = "1.50 0.75 0.25 3/812 12345\n"
-
-NET_DEV = (
-    "Inter-|   Receive                                                |  Transmit\n"
-    " face |bytes    packets errs drop fifo frame compressed multicast|"
-    "bytes    packets errs drop fifo colls carrier compressed\n"
-    "    lo: 551292608  243157    0    0    0     0          0         0 "
-    "551292608  243157    0    0    0     0       0          0\n"
-    "  eth0: 1050485753   21628    0    0    0     0          0         0 "
-    " 1293827   14778    0    0    0     0       0          0\n"
-    "wlan0:123 1 0 0 0 0 0 0 456 2 0 0 0 0 0 0\n"
-)
 
 MIB = 1048576
-
-
-class FakeProc:
-    """
-    A fake C{/proc} tree in a temporary directory.
-    """
-
-    def __init__(self, root: str, stat=STAT_1, meminfo=MEMINFO, loadavg=LOADAVG,
-                 netDev=NET_DEV) -> None:
-        self.root = root
-        os.makedirs(os.path.join(root, "net"))
-        for name, text in (("stat", stat), ("meminfo", meminfo), ("loadavg", loadavg),
-                           (os.path.join("net", "dev"), netDev)):
-            if text is not None:
-                self.write(name, text)
-
-    def write(self, name: str, text: str) -> None:
-        with open(os.path.join(self.root, name), "w") as f:
-            f.write(text)
-
-    def remove(self, name: str) -> None:
-        os.remove(os.path.join(self.root, name))
 
 
 class ParserTests(SynchronousTestCase):

@@ -1,11 +1,11 @@
 """
 Tests for L{llamaswap.router.router}: the router service, with fake upstream
-machines (L{FakeMachine}, also used by C{tests.test_web}) and a fake clock.
+machines (L{tests.fakes.FakeMachine}) and a fake clock.
 """
 
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,7 +20,7 @@ from llamaswap.errors import (
 from llamaswap.interfaces import ISwapPlanner
 from llamaswap.router.planners import GroupPlanner
 from llamaswap.router.router import RouterService
-from llamaswap.upstream.machine import StartAborted, UpstreamStartError
+from tests.fakes import FakeMachine
 
 CONFIG = """
 models:
@@ -34,81 +34,6 @@ models:
     ttl: 5
     concurrencyLimit: 2
 """
-
-
-class FakeMachine:
-    """
-    An upstream machine whose start and stop the test completes by hand.
-
-    Every call to L{start} and L{stop} is appended to C{log} as
-    C{("start", modelId)} or C{("stop", modelId)}.
-    """
-
-    def __init__(self, model, onExit, log):
-        self.modelId = model.id
-        self.model = model
-        self.state = "stopped"
-        self.pid = None
-        self.failure = None
-        self.graces: list = []
-        self.onExit = onExit
-        self.log = log
-        self.starting: Deferred | None = None
-        self.stopWaiters: list[Deferred] = []
-
-    def start(self):
-        self.log.append(("start", self.modelId))
-        if self.state == "ready":
-            return succeed(None)
-        self.state = "starting"
-        self.starting = Deferred()
-        return self.starting
-
-    def stop(self, grace=None):
-        self.log.append(("stop", self.modelId))
-        self.graces.append(grace)
-        if self.state in ("stopped", "failed"):
-            return succeed(None)
-        if self.starting is not None:
-            starting, self.starting = self.starting, None
-            starting.errback(StartAborted())
-        self.state = "stopping"
-        d = Deferred()
-        self.stopWaiters.append(d)
-        return d
-
-    # test drivers
-    def becomeReady(self):
-        self.state = "ready"
-        self.pid = 100
-        starting, self.starting = self.starting, None
-        starting.callback(None)
-
-    def failStart(self, message, linger=False):
-        """
-        The start fails.  With C{linger}, the machine stays C{stopping}
-        (taking the failed process down) until L{finishStop}.
-        """
-        self.state = "stopping" if linger else "failed"
-        starting, self.starting = self.starting, None
-        self.failure = {"reason": message, "exitCode": 1, "lastLines": ["oops"]}
-        starting.errback(UpstreamStartError(message, 1, ("oops",)))
-
-    def finishStop(self, state="stopped"):
-        self.state = state
-        self.pid = None
-        waiters, self.stopWaiters = self.stopWaiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def crash(self, linger=False):
-        """
-        The process exits on its own.  With C{linger}, the machine stays
-        C{stopping} (its process group is still going away) until
-        L{finishStop}, as the real one does.
-        """
-        self.state = "stopping" if linger else "failed"
-        self.onExit(self.modelId, "exit code 1")
 
 
 @implementer(ISwapPlanner)

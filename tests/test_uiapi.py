@@ -21,7 +21,7 @@ from llamaswap.web.app import LlamaSwapAPI
 from llamaswap.web.auth import StreamTokens
 from llamaswap.web.ui import CSP, UIResource
 from llamaswap.web.uiapi import REDACTED, redactedConfig
-from tests.test_router import FakeMachine
+from tests.fakes import FakeMachine
 from tests.test_web import FakeAgents
 
 CONFIG = """

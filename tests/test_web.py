@@ -16,7 +16,7 @@ from llamaswap.config import loadConfigText
 from llamaswap.demo import DemoServer, DemoSettings
 from llamaswap.router.router import RouterService
 from llamaswap.web.app import LlamaSwapAPI
-from tests.test_router import FakeMachine
+from tests.fakes import FakeMachine
 
 CONFIG = """
 includeAliasesInList: true

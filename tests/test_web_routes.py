@@ -16,7 +16,7 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from llamaswap.config import loadConfigText
 from llamaswap.router.router import RouterService
 from llamaswap.web.app import LlamaSwapAPI
-from tests.test_router import FakeMachine
+from tests.fakes import FakeMachine
 
 CONFIG = """
 apiKeys: [secret, other-key]

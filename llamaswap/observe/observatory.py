@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_observe_observatory -*-
 """
 Everything llamaswap shows about itself, in one service: log buffers and
 streams, the UI's event bus, token metrics (activity), captures, Prometheus

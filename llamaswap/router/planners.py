@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_planners -*-
 """
 Swap planners: which running models must stop before a target may run.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ports -*-
 """
 Is an upstream's port already taken before its command starts?
 

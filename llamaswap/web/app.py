@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_web,tests.test_web_routes -*-
 """
 The HTTP API: inference routes relayed to upstreams, and the operational
 routes of the reference (C{/v1/models}, C{/health}, C{/running}, unload).

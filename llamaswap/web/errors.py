@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_relay,tests.test_web -*-
 """
 The one place where errors become HTTP responses.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_loading -*-
 """
 The loading-state stream (SPEC.md section 4.6).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_observe_performance -*-
 """
 C{GET /api/performance[?after=RFC3339]}: the performance monitor's samples
 (SPEC.md section 3.9).

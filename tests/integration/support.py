@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Awaitable, Callable
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -207,3 +212,53 @@ class InProcessDaemon:
     async def getJSON(self, path: str) -> object:
         response = await self.http.get(self.base + path)
         return self._json.loads(await response.content())
+
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Collect(ProcessProtocol):
+    """
+    Collects a child's output; C{ended} fires with its exit reason (the
+    exception, never a Failure: callback() with a Failure would errback).
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.stderr = b""
+        self.ended: Deferred[Exception] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+        if fd == 2:
+            self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+
+def childEnv() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [PROJECT_ROOT, env.get("PYTHONPATH", "")] if p
+    )
+    return env
+
+
+def runTwistd(testCase: TestCase, *args: str, pidfile: bool = False,
+              cwd: str = PROJECT_ROOT) -> Collect:
+    """
+    Start C{twistd} with C{args} (and C{--pidfile=} first unless
+    C{pidfile}) in C{cwd}; make sure it is gone after the test.
+    """
+    proto = Collect()
+    argv = [*TWISTD, *([] if pidfile else ["--pidfile="]), *args]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=childEnv(), path=cwd)
+
+    async def cleanup() -> None:
+        if not proto.ended.called:
+            transport.signalProcess("KILL")
+            await proto.ended
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return proto

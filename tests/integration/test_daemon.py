@@ -15,71 +15,21 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from tests.fakes import writeCertificate
 from tests.integration.support import (
-    PROJECT_ROOT,
+    Collect,
     alive,
     asyncTest,
     eventually,
     freePort,
     freePortRun,
     groupMembers,
+    runTwistd,
 )
-
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class Collect(ProcessProtocol):
-    """
-    Collects a child's output; C{ended} fires with its exit reason (the
-    exception, never a Failure: callback() with a Failure would errback).
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.stderr = b""
-        self.ended: Deferred[Exception] = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
-        if fd == 2:
-            self.stderr += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value)
-
-
-def childEnv() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [PROJECT_ROOT, env.get("PYTHONPATH", "")] if p
-    )
-    return env
-
-
-def runTwistd(testCase: TestCase, *args: str, pidfile: bool = False,
-              cwd: str = PROJECT_ROOT) -> Collect:
-    """
-    Start C{twistd} with C{args} (and C{--pidfile=} first unless
-    C{pidfile}) in C{cwd}; make sure it is gone after the test.
-    """
-    proto = Collect()
-    argv = [*TWISTD, *([] if pidfile else ["--pidfile="]), *args]
-    transport = reactor.spawnProcess(proto, argv[0], argv, env=childEnv(), path=cwd)
-
-    async def cleanup() -> None:
-        if not proto.ended.called:
-            transport.signalProcess("KILL")
-            await proto.ended
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return proto
 
 
 STUBBORN = (

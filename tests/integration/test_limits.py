@@ -22,7 +22,7 @@ from llamaswap.listening import ConnectionCap
 from llamaswap.service import AccessLoggingSite
 from llamaswap.tap import bundledConfigPath
 from tests.integration.support import PROJECT_ROOT, asyncTest, eventually, freePort, freePortRun
-from tests.integration.test_daemon import Collect, childEnv
+from tests.integration.support import Collect, childEnv
 
 
 def daemonSite(headDeadline: float) -> AccessLoggingSite:
