@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llamaswap.errors import UpstreamTimeout
-from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, sendNow
 from llamaswap.proxy.relay import BytesProducer
 
 
@@ -277,6 +277,57 @@ class PoolTimeoutsTests(SynchronousTestCase):
         self.assertEqual(other.connectTimeout, 9)
         default = clients.clientFor("n", b"http://127.0.0.1:5801/")
         self.assertEqual((default.connectTimeout, default.idleTimeout), (30.0, 0))
+
+
+class SendNowTests(SynchronousTestCase):
+    """
+    L{sendNow}: a request sent straight to an idle TCP socket, the rest
+    (or everything, when anything is buffered) left to the transport.
+    """
+
+    class Socket:
+        def __init__(self, room: int | None) -> None:
+            self.room = room
+            self.sent = b""
+
+        def send(self, data: bytes) -> int:
+            if self.room is None:
+                raise BlockingIOError()
+            n = min(self.room, len(data))
+            self.sent += data[:n]
+            return n
+
+    def transport(self, room: int | None) -> StringTransport:
+        transport = StringTransport()
+        transport.socket = self.Socket(room)  # type: ignore[attr-defined]
+        transport._tempDataBuffer = []  # type: ignore[attr-defined]
+        transport.dataBuffer = b""  # type: ignore[attr-defined]
+        transport.connected = True  # type: ignore[attr-defined]
+        return transport
+
+    def test_idleSocketSendsAtOnce(self) -> None:
+        transport = self.transport(100)
+        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.socket.sent, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_theRestIsBuffered(self) -> None:
+        transport = self.transport(4)
+        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.socket.sent + transport.value(), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value(), b"/ HTTP/1.1\r\n\r\n")
+
+    def test_fullSocketIsBuffered(self) -> None:
+        transport = self.transport(None)
+        sendNow(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
+
+    def test_bufferedDataGoesFirst(self) -> None:
+        transport = self.transport(100)
+        transport._tempDataBuffer = [b"earlier"]  # type: ignore[attr-defined]
+        sendNow(transport, b"abc")
+        self.assertEqual(transport.socket.sent, b"")
+        self.assertEqual(transport.value(), b"abc")
 
 
 class RelayOverClientTests(SynchronousTestCase):

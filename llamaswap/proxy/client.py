@@ -194,8 +194,7 @@ class _Connection(Protocol):
         self._last = self.clock.seconds()
         self._arm()
         if body is None or isinstance(body, bytes):
-            transport.write(exchange.head + body if body else exchange.head)
-            flushNow(transport)
+            sendNow(transport, exchange.head + body if body else exchange.head)
             return
         transport.write(exchange.head)
         consumer = _BodyConsumer(transport, chunked=body.length is UNKNOWN_LENGTH)
@@ -490,6 +489,29 @@ def flushNow(transport) -> None:
     if doWrite is not None and getattr(transport, "connected", False) and \
             not getattr(transport, "disconnecting", False):
         doWrite()
+
+
+def sendNow(transport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sent at once when nothing is buffered
+    before it: one C{send(2)}, without registering the socket for writing
+    and removing it again.  What is not sent at once (a full socket, an
+    error, a transport that is not a plain TCP one) is left to
+    C{transport.write}.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or getattr(transport, "_tempDataBuffer", True) or \
+            getattr(transport, "dataBuffer", True) or not getattr(transport, "connected", False) \
+            or getattr(transport, "disconnecting", True) or getattr(transport, "TLS", False):
+        transport.write(data)
+        flushNow(transport)
+        return
+    try:
+        sent = sock.send(data)
+    except OSError:
+        sent = 0  # EAGAIN, EINTR or a failure: the reactor's write finds it
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 class _BodyConsumer:
