@@ -132,13 +132,15 @@ class UpstreamClients:
         # key -> (the upstream's origin, its pool, the timeouts it was made with)
         self._pools: dict[str, tuple[bytes, UpstreamPool, Any]] = {}
 
-    def clientFor(self, key: str, url: bytes, parallel: int = 10, timeouts=None) -> UpstreamPool:
+    def clientFor(self, key: str, url: bytes, parallel: int = 10,
+                  timeouts: Any = None) -> UpstreamPool:
         """
         @param url: a URL of the upstream (its scheme, host and port count).
         @param timeouts: the upstream's L{llamaswap.config.model.TimeoutsConfig}
             (its C{connect} and C{idleConn} apply), or L{None}: connects
-            limited to this object's C{connectTimeout}, idle connections
-            kept as long as the upstream keeps them.
+            limited to this object's C{connectTimeout} (also used for a
+            C{connect} of 0), idle connections kept as long as the upstream
+            keeps them (also for an C{idleConn} of 0).
         @return: the pool of the upstream C{key}, creating it on first use
             (or when its address or timeouts changed) with room for
             C{parallel} idle keep-alive connections.
