@@ -4,13 +4,13 @@ C{logToStdout} shape the daemon's own log, and the UI's model list.
 """
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from llamaswap.config import loadConfigText
 from llamaswap.interfaces import IRouterReport
-from llamaswap.observe.observatory import Observatory
+from llamaswap.observe.observatory import Observatory, classicLogLine
 from llamaswap.router.router import RouterObserver
 
 MODELS = """
@@ -63,6 +63,34 @@ class OwnLogTests(SynchronousTestCase):
         observatory.stopService()
         Logger(observer=publisher).debug("after")
         self.assertEqual(seen[-1]["log_format"], "after")
+
+    def test_twistdsTextObserverWritesTheSameLines(self):
+        """
+        twistd's text observer keeps its format, its timestamp made once a
+        second.
+        """
+        import io
+        import time
+
+        from twisted.logger import formatEventAsClassicLogText, textFileLogObserver
+
+        out = io.StringIO()
+        publisher = LogPublisher()
+        observer = textFileLogObserver(out)
+        publisher.addObserver(observer)
+        observatory = Observatory(loadConfigText(MODELS), Clock(), publisher=publisher,
+                                  shapeOwnLog=True)
+        observatory.startService()
+        self.addCleanup(observatory.stopService)
+        now = time.time()
+        events = [dict(log_format="line {n}", n=n, log_time=now + n * 0.4,
+                       log_namespace="x", log_level=LogLevel.info) for n in range(6)]
+        expected = "".join(formatEventAsClassicLogText(e) for e in events)
+        for event in events:
+            publisher(event)
+        observatory.stopService()  # flushes
+        self.assertEqual(out.getvalue(), expected)
+        self.assertIs(observer.formatEvent, classicLogLine)
 
     def test_modelLogKeepsEveryLine(self):
         _, _, _, observatory = self.observe("logToStdout: none\n")

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llamaswap.errors import UpstreamTimeout
-from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, sendNow
 from llamaswap.proxy.relay import BytesProducer
 
 
@@ -186,6 +186,148 @@ class ClientTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         getattr(protocol, "_wrappedProtocol", protocol).connectionLost()
         self.assertEqual(sink.ended, [])
+
+
+class PoolTimeoutsTests(SynchronousTestCase):
+    """
+    The pool's C{timeouts.connect} (the connect attempt's limit) and
+    C{timeouts.idleConn} (how long an idle keep-alive connection is kept).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def exchange(self, pool: UpstreamPool, answer: bool = True):
+        """
+        One request on a new connection, answered (it goes idle) or not.
+
+        @return: its protocol and transport.
+        """
+        sink = Sink()
+        pool.request(b"GET", b"/x", [], None, sink)
+        protocol = self.reactor.tcpClients[-1][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        if answer:
+            self.answer(protocol)
+        return protocol, transport
+
+    def answer(self, protocol) -> None:
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def test_connectTimeoutIsTheEndpoints(self) -> None:
+        UpstreamPool(self.reactor, "127.0.0.1", 5800, connectTimeout=7).request(
+            b"GET", b"/x", [], None, Sink())
+        self.assertEqual(self.reactor.tcpClients[-1][3], 7)
+
+    def test_idleConnectionClosedAfterIdleConn(self) -> None:
+        pool = UpstreamPool(self.reactor, "127.0.0.1", 5800, idleTimeout=90)
+        early, first = self.exchange(pool, answer=False)
+        later, second = self.exchange(pool, answer=False)  # a second connection
+        self.answer(early)  # idle from 0 s on
+        self.reactor.advance(60)
+        self.answer(later)  # idle from 60 s on
+        self.reactor.advance(29)
+        self.assertFalse(first.disconnecting or second.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(first.disconnecting)
+        self.assertFalse(second.disconnecting)
+        self.reactor.advance(59)
+        self.assertFalse(second.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(second.disconnecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reusedConnectionIsNotClosed(self) -> None:
+        pool = UpstreamPool(self.reactor, "127.0.0.1", 5800, idleTimeout=10)
+        protocol, transport = self.exchange(pool)
+        self.reactor.advance(9)
+        pool.request(b"GET", b"/x", [], None, Sink())
+        self.assertEqual(len(self.reactor.tcpClients), 1)  # the idle one, reused
+        self.reactor.advance(5)  # busy when the timer fires: left alone
+        self.assertFalse(transport.disconnecting)
+        self.answer(protocol)
+        self.reactor.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_noIdleConnNoTimer(self) -> None:
+        self.exchange(UpstreamPool(self.reactor, "127.0.0.1", 5800))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_closeCancelsTheIdleTimer(self) -> None:
+        pool = UpstreamPool(self.reactor, "127.0.0.1", 5800, idleTimeout=10)
+        self.exchange(pool)
+        pool.close()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_clientsApplyEachModelsTimeouts(self) -> None:
+        from llamaswap.config.model import TimeoutsConfig
+        from llamaswap.proxy.relay import UpstreamClients
+
+        clients = UpstreamClients(self.reactor)
+        slow = TimeoutsConfig(connect=3, idleConn=20)
+        pool = clients.clientFor("m", b"http://127.0.0.1:5800/v1", 4, slow)
+        self.assertEqual((pool.connectTimeout, pool.idleTimeout), (3, 20))
+        self.assertIs(clients.clientFor("m", b"http://127.0.0.1:5800/v2", 4, slow), pool)
+        other = clients.clientFor("m", b"http://127.0.0.1:5800/v1", 4, TimeoutsConfig(connect=9))
+        self.assertIsNot(other, pool)
+        self.assertTrue(pool.closed)
+        self.assertEqual(other.connectTimeout, 9)
+        default = clients.clientFor("n", b"http://127.0.0.1:5801/")
+        self.assertEqual((default.connectTimeout, default.idleTimeout), (30.0, 0))
+
+
+class SendNowTests(SynchronousTestCase):
+    """
+    L{sendNow}: a request sent straight to an idle TCP socket, the rest
+    (or everything, when anything is buffered) left to the transport.
+    """
+
+    class Socket:
+        def __init__(self, room: int | None) -> None:
+            self.room = room
+            self.sent = b""
+
+        def send(self, data: bytes) -> int:
+            if self.room is None:
+                raise BlockingIOError()
+            n = min(self.room, len(data))
+            self.sent += data[:n]
+            return n
+
+    def transport(self, room: int | None) -> StringTransport:
+        transport = StringTransport()
+        transport.socket = self.Socket(room)  # type: ignore[attr-defined]
+        transport._tempDataBuffer = []  # type: ignore[attr-defined]
+        transport.dataBuffer = b""  # type: ignore[attr-defined]
+        transport.connected = True  # type: ignore[attr-defined]
+        return transport
+
+    def test_idleSocketSendsAtOnce(self) -> None:
+        transport = self.transport(100)
+        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.socket.sent, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_theRestIsBuffered(self) -> None:
+        transport = self.transport(4)
+        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.socket.sent + transport.value(), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value(), b"/ HTTP/1.1\r\n\r\n")
+
+    def test_fullSocketIsBuffered(self) -> None:
+        transport = self.transport(None)
+        sendNow(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
+
+    def test_bufferedDataGoesFirst(self) -> None:
+        transport = self.transport(100)
+        transport._tempDataBuffer = [b"earlier"]  # type: ignore[attr-defined]
+        sendNow(transport, b"abc")
+        self.assertEqual(transport.socket.sent, b"")
+        self.assertEqual(transport.value(), b"abc")
 
 
 class RelayOverClientTests(SynchronousTestCase):

@@ -114,6 +114,7 @@ class RelaySocketTests(TestCase):
         self.clients = UpstreamClients(reactor)
         self.addCleanup(self.clients.closeAll)
         self.limits = Limits()
+        self.timeouts = None
         self.activity = ActivityLog(10, reactor)
         self.ended: list = []
         self.logged: list = []
@@ -125,7 +126,8 @@ class RelaySocketTests(TestCase):
             def render(self, request):
                 meter = ExchangeMeter("m", request.path.decode(), reactor, test.activity)
                 return RelayResource(
-                    test.clients.clientFor("m", test.url), test.url + request.uri,
+                    test.clients.clientFor("m", test.url, timeouts=test.timeouts),
+                    test.url + request.uri,
                     request.method, request.requestHeaders, request.content.read() or None,
                     onDone=lambda status, failure: test.ended.append((status, failure)),
                     writeError=lambda req, error: writeError(req, toError(error)),
@@ -297,3 +299,31 @@ class RelaySocketTests(TestCase):
         await until(lambda: complete(client.data), "the 502")
         self.assertTrue(client.data.startswith(b"HTTP/1.1 502 "))
         self.assertIn(b"upstream unreachable", dechunk(client.data))
+
+    async def test_connectTimeoutOfTheModelIs502(self) -> None:
+        """
+        An upstream address that never answers the connect (a listening
+        socket whose backlog is full drops new SYNs): the model's
+        C{timeouts.connect} ends the attempt, the client gets a 502.
+        """
+        import socket
+
+        from llamaswap.config.model import TimeoutsConfig
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(4):  # fill the backlog; these are never accepted
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+        self.url = b"http://127.0.0.1:%d" % address[1]
+        self.timeouts = TimeoutsConfig(connect=1)
+        client = await self.client()
+        client.transport.write(self.post())
+        await until(lambda: complete(client.data), "the 502", timeout=30)
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 502 "))
+        self.assertIn(b"timeout", dechunk(client.data).lower())

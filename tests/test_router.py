@@ -116,6 +116,34 @@ class RouterTests(RouterTestsBase):
         self.successResultOf(self.router.acquire("a"))
         self.assertEqual(self.log, [])
 
+    def test_readyModelWithRoomIsGrantedWithoutAPlan(self):
+        """
+        A request alone in the queue for a ready model with a free slot is
+        granted at once, and a release that leaves requests in flight and
+        nothing waiting plans nothing; a full model, a waiting request or
+        the last release go through the scheduler.
+        """
+        first = self.ready("c")
+        plans = []
+        original = self.router._plan
+        self.router._plan = lambda: plans.append(1) or original()
+        second = self.successResultOf(self.router.acquire("c"))
+        self.assertEqual(plans, [])
+        self.assertEqual(self.router.ledger.inFlight("c"), 2)
+        third = self.router.acquire("c", limited=False)  # full: queued by a plan
+        self.assertEqual(len(plans), 1)
+        self.assertNoResult(third)
+        second.release()
+        last = self.successResultOf(third)
+        self.assertEqual(last.modelId, "c")
+        del plans[:]
+        first.release()
+        self.assertEqual(plans, [])
+        last.release()
+        self.assertEqual(len(plans), 1)  # idle now: its TTL is planned
+        self.clock.advance(5)
+        self.assertEqual(self.m["c"].state, "stopping")
+
     def test_swapWaitsForInFlightRequestsToDrain(self):
         lease = self.ready("a")
         self.log.clear()

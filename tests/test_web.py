@@ -63,7 +63,7 @@ class FakeAgents:
         self.clock = clock
         self.agents = {}
 
-    def clientFor(self, key, url=b"", parallel=10):
+    def clientFor(self, key, url=b"", parallel=10, timeouts=None):
         if key not in self.agents:
             demo = DemoServer(DemoSettings(model=key, tokens=3), self.clock, pid=4242)
             self.agents[key] = RequestTraversalAgent(demo.resource())

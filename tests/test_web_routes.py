@@ -72,7 +72,7 @@ class RecordingAgents:
         self.upstreams = {}
         self.agents = {}
 
-    def clientFor(self, key, url=b"", parallel=10):
+    def clientFor(self, key, url=b"", parallel=10, timeouts=None):
         if key not in self.agents:
             self.upstreams[key] = Recorder()
             self.agents[key] = RequestTraversalAgent(self.upstreams[key])

@@ -69,6 +69,13 @@ class EventBus:
         self.published = 0
         self.dropped = 0
 
+    @property
+    def listening(self) -> bool:
+        """
+        Whether anyone subscribes (else a message need not even be made).
+        """
+        return bool(self._subscribers)
+
     def publish(self, type: str, data: Any) -> None:
         """
         Send one message to every subscriber.  Never raises: an encoding

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
+    formatEventAsClassicLogText,
+    formatTime,
     Logger,
     LogLevel,
     PredicateResult,
@@ -143,6 +145,30 @@ def _portOf(url: str) -> int | None:
         return urlsplit(url).port
     except ValueError:
         return None
+
+
+_stamp: list = [None, "-"]
+
+
+def _secondStamp(when: float | None) -> str:
+    """
+    @return: L{formatTime}'s default (RFC 3339, to the second) of C{when},
+        computed once per second.
+    """
+    if when is None:
+        return "-"
+    second = int(when // 1)
+    if _stamp[0] != second:
+        _stamp[:] = [second, formatTime(when)]
+    return _stamp[1]
+
+
+def classicLogLine(event: dict) -> str | None:
+    """
+    @return: what twistd's text log observer writes for C{event}
+        (L{formatEventAsClassicLogText} with its default time format).
+    """
+    return formatEventAsClassicLogText(event, formatTime=_secondStamp)
 
 
 def staticFacts(config, modelId: str) -> dict[str, Any]:
@@ -299,6 +325,10 @@ class Observatory(Service):
                 # write(2) per access-log line under load.  Flush at most
                 # every few milliseconds instead.
                 original._outFile = CoalescedFlush(outFile, self.reactor)
+            if getattr(getattr(original, "formatEvent", None), "__qualname__", "") == \
+                    "textFileLogObserver.<locals>.formatEvent":
+                # twistd's default format, its timestamp made once a second.
+                original.formatEvent = classicLogLine
             shaped = FilteringLogObserver(original, [cast(ILogFilterPredicate, wanted)])
             self._publisher.removeObserver(original)
             self._publisher.addObserver(shaped)
@@ -380,7 +410,7 @@ class Observatory(Service):
         record = self._runtime.setdefault(modelId, {})
         changed = any(record.get(k, RUNTIME_DEFAULTS.get(k)) != v for k, v in fields.items())
         record.update(fields)
-        if changed and publish:
+        if changed and publish and self.bus.listening:
             self.bus.publish("modelStatus", self.modelStatus())
 
     # -- fed by the router (IRouterReport) -----------------------------------

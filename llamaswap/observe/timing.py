@@ -87,16 +87,22 @@ class PhaseTimer:
     def end(self) -> None:
         self.mark("end")
 
-    def _resolved(self) -> dict[str, float]:
-        times: dict[str, float] = {}
+    def _resolved(self) -> tuple[float, ...]:
+        """
+        @return: the time of each of L{MARKS}, in order, made monotonic.
+        """
+        marks = self.marks
+        times = []
         previous = self.start
         for name in MARKS:
-            if name == "end" and name not in self.marks:
-                at = max(previous, self.clock.seconds())
-            else:
-                at = max(previous, self.marks.get(name, previous))
-            times[name] = previous = at
-        return times
+            at = marks.get(name)
+            if at is None:
+                at = self.clock.seconds() if name == "end" else previous
+            if at < previous:
+                at = previous
+            times.append(at)
+            previous = at
+        return tuple(times)
 
     def phases(self) -> dict[str, float]:
         """
@@ -105,13 +111,13 @@ class PhaseTimer:
             C{loadDone}), C{ttfb} (C{dispatched} to C{firstByte}) and
             C{total} (arrival to C{end}, or to now before the end).
         """
-        t = self._resolved()
+        queued, stopDone, loadDone, dispatched, firstByte, end = self._resolved()
         return {
-            "queue": t["queued"] - self.start,
-            "stop": t["stopDone"] - t["queued"],
-            "load": t["loadDone"] - t["stopDone"],
-            "ttfb": t["firstByte"] - t["dispatched"],
-            "total": t["end"] - self.start,
+            "queue": queued - self.start,
+            "stop": stopDone - queued,
+            "load": loadDone - stopDone,
+            "ttfb": firstByte - dispatched,
+            "total": end - self.start,
         }
 
     def serverTimingHeader(self) -> bytes:
@@ -121,7 +127,8 @@ class PhaseTimer:
             total;dur=830.2}.  Sent with the response headers, before the
             end: C{total} is then the time so far.
         """
-        phases = self.phases()
-        return ", ".join(
-            "{};dur={:.1f}".format(name, phases[name] * 1000.0)
-            for name in ("queue", "stop", "load", "ttfb", "total")).encode("ascii")
+        queued, stopDone, loadDone, dispatched, firstByte, end = self._resolved()
+        return b"queue;dur=%.1f, stop;dur=%.1f, load;dur=%.1f, ttfb;dur=%.1f, total;dur=%.1f" % (
+            (queued - self.start) * 1000.0, (stopDone - queued) * 1000.0,
+            (loadDone - stopDone) * 1000.0, (firstByte - dispatched) * 1000.0,
+            (end - self.start) * 1000.0)

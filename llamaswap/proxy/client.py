@@ -148,6 +148,7 @@ class _Connection(Protocol):
         self.reusable = True
         self.paused = False
         self.used = 0
+        self.idleSince = 0.0
         self._last = 0.0
         self.onLost: Deferred[None] | None = None
         self.sending: Any = None
@@ -193,8 +194,7 @@ class _Connection(Protocol):
         self._last = self.clock.seconds()
         self._arm()
         if body is None or isinstance(body, bytes):
-            transport.write(exchange.head + body if body else exchange.head)
-            flushNow(transport)
+            sendNow(transport, exchange.head + body if body else exchange.head)
             return
         transport.write(exchange.head)
         consumer = _BodyConsumer(transport, chunked=body.length is UNKNOWN_LENGTH)
@@ -491,6 +491,29 @@ def flushNow(transport) -> None:
         doWrite()
 
 
+def sendNow(transport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sent at once when nothing is buffered
+    before it: one C{send(2)}, without registering the socket for writing
+    and removing it again.  What is not sent at once (a full socket, an
+    error, a transport that is not a plain TCP one) is left to
+    C{transport.write}.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or getattr(transport, "_tempDataBuffer", True) or \
+            getattr(transport, "dataBuffer", True) or not getattr(transport, "connected", False) \
+            or getattr(transport, "disconnecting", True) or getattr(transport, "TLS", False):
+        transport.write(data)
+        flushNow(transport)
+        return
+    try:
+        sent = sock.send(data)
+    except OSError:
+        sent = 0  # EAGAIN, EINTR or a failure: the reactor's write finds it
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 class _BodyConsumer:
     """
     Writes a streamed request body to the upstream transport, in chunked
@@ -547,12 +570,18 @@ class UpstreamPool:
     The keep-alive connections to one upstream (C{scheme://host:port}).
 
     @param maxIdle: idle connections kept for reuse.
-    @param connectTimeout: seconds allowed to connect.
+    @param connectTimeout: seconds allowed to connect (C{timeouts.connect}).
+    @param idleTimeout: seconds an idle keep-alive connection is kept
+        (C{timeouts.idleConn}); C{0}: for as long as the upstream keeps it.
     """
 
     def __init__(self, reactor, host: str, port: int, scheme: bytes = b"http",
-                 maxIdle: int = 10, connectTimeout: float = 30.0) -> None:
+                 maxIdle: int = 10, connectTimeout: float = 30.0,
+                 idleTimeout: float = 0) -> None:
         self.reactor = reactor
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self._idleTimer: Any = None
         self.host = host
         self.port = port
         self.scheme = scheme
@@ -681,9 +710,33 @@ class UpstreamPool:
 
     def _release(self, connection: _Connection) -> None:
         if connection.reusable and not self.closed and len(self._idle) < self.maxIdle:
+            connection.idleSince = self.reactor.seconds()
             self._idle.append(connection)
+            if self.idleTimeout and self._idleTimer is None:
+                self._idleTimer = self.reactor.callLater(self.idleTimeout, self._closeIdle)
         else:
             connection.abort()
+
+    def _closeIdle(self) -> None:
+        """
+        Close the connections idle for C{idleTimeout} seconds; look again
+        when the oldest of the others will be.
+        """
+        self._idleTimer = None
+        if self.closed:
+            return
+        deadline = self.reactor.seconds() - self.idleTimeout + 1e-6
+        expired = [c for c in self._idle if c.idleSince <= deadline]
+        if expired:
+            self._idle = [c for c in self._idle if c.idleSince > deadline]
+            for connection in expired:
+                connection.reusable = False
+                if connection.transport is not None:
+                    connection.transport.loseConnection()
+        if self._idle:
+            oldest = min(c.idleSince for c in self._idle)
+            self._idleTimer = self.reactor.callLater(
+                max(0.0, oldest + self.idleTimeout - self.reactor.seconds()), self._closeIdle)
 
     def _lost(self, connection: _Connection) -> None:
         self._all.discard(connection)
@@ -702,6 +755,10 @@ class UpstreamPool:
         @return: a L{Deferred} that fires once the idle ones are closed.
         """
         self.closed = True
+        if self._idleTimer is not None:
+            if self._idleTimer.active():
+                self._idleTimer.cancel()
+            self._idleTimer = None
         if self._sweep is not None and not self._watched:
             if self._sweep.active():
                 self._sweep.cancel()

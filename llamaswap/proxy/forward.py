@@ -97,7 +97,8 @@ class Forwarder:
                 meter = self.observatory.meter(
                     lease.modelId, path, route, request.requestHeaders, raw, lease)
             return RelayResource(
-                self.clients.clientFor(lease.modelId, url, model.concurrencyLimit),
+                self.clients.clientFor(lease.modelId, url, model.concurrencyLimit,
+                                       model.timeouts),
                 url,
                 request.method,
                 request.requestHeaders,
@@ -128,7 +129,8 @@ class Forwarder:
             self.writeError(req, peerUnreachable(reason.removeprefix("upstream unreachable: ")))
 
         return RelayResource(
-            self.clients.clientFor("peer:" + peer.id, url),
+            self.clients.clientFor("peer:" + peer.id, url,
+                                   timeouts=getattr(peer, "timeouts", None)),
             url,
             request.method,
             headers,

@@ -129,26 +129,35 @@ class UpstreamClients:
     def __init__(self, reactor, connectTimeout: float = 30.0) -> None:
         self._reactor = reactor
         self._connectTimeout = connectTimeout
-        self._pools: dict[str, tuple[bytes, UpstreamPool]] = {}
+        # key -> (the upstream's origin, its pool, the timeouts it was made with)
+        self._pools: dict[str, tuple[bytes, UpstreamPool, Any]] = {}
 
-    def clientFor(self, key: str, url: bytes, parallel: int = 10) -> UpstreamPool:
+    def clientFor(self, key: str, url: bytes, parallel: int = 10,
+                  timeouts: Any = None) -> UpstreamPool:
         """
         @param url: a URL of the upstream (its scheme, host and port count).
+        @param timeouts: the upstream's L{llamaswap.config.model.TimeoutsConfig}
+            (its C{connect} and C{idleConn} apply), or L{None}: connects
+            limited to this object's C{connectTimeout} (also used for a
+            C{connect} of 0), idle connections kept as long as the upstream
+            keeps them (also for an C{idleConn} of 0).
         @return: the pool of the upstream C{key}, creating it on first use
-            (or when its address changed) with room for C{parallel} idle
-            keep-alive connections.
+            (or when its address or timeouts changed) with room for
+            C{parallel} idle keep-alive connections.
         """
         entry = self._pools.get(key)
         origin = _origin(url)
-        if entry is not None and entry[0] == origin:
+        if entry is not None and entry[0] == origin and entry[2] == timeouts:
             return entry[1]
         if entry is not None:
             entry[1].close()
         scheme, _, rest = origin.partition(b"://")
         host, port = _hostPort(rest, 443 if scheme == b"https" else 80)
+        connect = getattr(timeouts, "connect", 0) or self._connectTimeout
         pool = UpstreamPool(self._reactor, host, port, scheme=scheme,
-                            maxIdle=max(parallel, 2), connectTimeout=self._connectTimeout)
-        self._pools[key] = (origin, pool)
+                            maxIdle=max(parallel, 2), connectTimeout=connect,
+                            idleTimeout=getattr(timeouts, "idleConn", 0) or 0)
+        self._pools[key] = (origin, pool, timeouts)
         return pool
 
     def reset(self, key: str) -> Deferred[None]:

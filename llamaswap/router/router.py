@@ -26,34 +26,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from llamaswap.errors import (
-    ModelStartFailed,
-    ModelUnloaded,
-    ShuttingDown,
-    TooManyRequests,
-    UnknownModel,
-)
+    ModelStartFailed, ModelUnloaded, ShuttingDown, TooManyRequests, UnknownModel)
 from llamaswap.interfaces import ISwapPlanner
 from llamaswap.router.ledger import Drain, Lease, Ledger, Waiter
 from llamaswap.router.memory import RouterMemory
 from llamaswap.router.phases import PhaseBook
 from llamaswap.router.report import (
-    Machine,
-    Reconfigured,
-    RouterObserver,
-    preloadAll,
-    runningRecords,
-)
+    Machine, Reconfigured, RouterObserver, preloadAll, runningRecords)
 from llamaswap.router.scheduler import (
-    LIVE,
-    Close,
-    Dispatch,
-    ModelView,
-    Pending,
-    Plan,
-    Start,
-    Stop,
-    decide,
-)
+    LIVE, Close, Dispatch, ModelView, Pending, Plan, Start, Stop, decide)
 from llamaswap.upstream.exits import StartAborted, UpstreamStartError
 
 __all__ = ["Machine", "Lease", "RouterService", "RouterObserver", "Reconfigured"]
@@ -449,8 +430,22 @@ class RouterService(Service):
         )
         waiter.deferred = Deferred(lambda d: self._cancelled(waiter))
         self.ledger.enqueue(waiter)
-        self._step()
+        if lease and self._quiet(modelId, 1):
+            # Alone in the queue, its model ready with room: decide's rule 1.
+            self.ledger.granted([waiter])
+            waiter.deferred.callback(self._grant(waiter, waiter.arrived))
+        else:
+            self._step()
         return waiter.deferred
+
+    def _quiet(self, modelId: str, queued: int) -> bool:
+        """
+        @return: whether C{queued} requests wait, and C{modelId} is ready,
+            open and has a free slot: a plan would only dispatch it.
+        """
+        return (not self._stepping and self.ledger.queued() == queued and not self._closed
+                and self.machines[modelId].state == "ready" and modelId not in self._stops
+                and self.ledger.inFlight(modelId) < self.config.models[modelId].concurrencyLimit)
 
     def _cancelled(self, waiter: Waiter) -> None:
         if not self.ledger.withdraw(waiter):
@@ -478,7 +473,10 @@ class RouterService(Service):
         self._tell("inFlight", modelId, self.ledger.inFlight(modelId), self.ledger.inFlight())
         if self.ledger.inFlight(modelId) == 0:
             self._idleSince[modelId] = now
-        self._step()
+        if self.ledger.inFlight(modelId) and self._quiet(modelId, 0):
+            self._drain.check()  # nothing waits, no TTL runs: no plan changes
+        else:
+            self._step()
         self._tell("idle", modelId, now, self.unloadAt(modelId))
 
     def _started(self, _: object, machine: Machine, startedAt: float, swapBegan: float) -> None:

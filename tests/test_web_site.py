@@ -1,0 +1,59 @@
+"""
+Tests for L{llamaswap.web.site}: the access-log line of each request.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+
+from llamaswap.web.site import AccessLoggingSite
+
+
+class AccessLogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.site = AccessLoggingSite(Resource(), clock=self.clock)
+        self.events: list[dict] = []
+        self.site.accessLog = Logger(namespace="llamaswap.access", observer=self.events.append)
+
+    def request(self, path: bytes = b"/v1/chat/completions") -> DummyRequest:
+        request = DummyRequest(path.strip(b"/").split(b"/"))
+        request.method = b"POST"
+        request.uri = request.path = path
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 123
+        request.requestHeaders.setRawHeaders(b"user-agent", [b"curl/8"])
+        request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"10.0.0.7, 10.0.0.1"])
+        request.arrived = self.clock.seconds()
+        return request
+
+    def test_oneLineInTheReferencesFormat(self) -> None:
+        request = self.request()
+        self.clock.advance(0.0125)
+        self.site.log(request)
+        [event] = self.events
+        self.assertEqual(
+            formatEvent(event),
+            'Request 10.0.0.7 "POST /v1/chat/completions HTTP/1.1" 200 123 "curl/8" 12.5ms')
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(event["log_namespace"], "llamaswap.access")
+        self.assertEqual((event["ip"], event["status"], event["size"]), ("10.0.0.7", 200, 123))
+        self.assertIsInstance(event["log_time"], float)
+
+    def test_loggedOnceAnd499WhenTheClientClosed(self) -> None:
+        request = self.request()
+        self.site.log(request, clientClosed=True)
+        self.site.log(request)
+        [event] = self.events
+        self.assertEqual(event["status"], 499)
+
+    def test_quietPathsAreNotLogged(self) -> None:
+        self.site.log(self.request(b"/metrics"))
+        self.site.log(self.request(b"/wol-health"))
+        self.assertEqual(self.events, [])
