@@ -38,13 +38,19 @@ GPUs:
     - L{inlineThread}: a C{deferToThread} stand-in that runs the call at
       once and returns a fired L{Deferred}.
     - L{InlineThreadPool}: a thread pool that runs each call at once.
+
+Files and clients:
+    - L{buildGguf}, L{LLAMA}, L{TENSORS}: a small GGUF file's bytes, built
+      from metadata and tensor shapes.
+    - L{FakeAgents}: upstream clients over in-memory demo resources.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence, Tuple
 
 import attr
 from zope.interface import implementer
@@ -57,6 +63,7 @@ from twisted.python.failure import Failure
 from prometheus_client.parser import text_string_to_metric_families
 
 from llamaswap.interfaces import IGpuProbe, IHealthProbe, ILauncher
+from llamaswap.memory.gguf import tensorBytes
 from llamaswap.observe.prom import Metrics
 
 
@@ -771,3 +778,91 @@ def value(found, sampleName, **labels):
                if all(sampleLabels.get(k) == w for k, w in labels.items())]
     assert len(matches) == 1, (sampleName, labels, found.get(sampleName))
     return matches[0]
+
+
+# -- GGUF files built by the tests -------------------------------------------
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _kv(key: str, value: Any) -> bytes:
+    if isinstance(value, bool):
+        return _string(key) + struct.pack("<I?", 7, value)
+    if isinstance(value, int):
+        return _string(key) + struct.pack("<II", 4, value)
+    if isinstance(value, float):
+        return _string(key) + struct.pack("<If", 6, value)
+    if isinstance(value, str):
+        return _string(key) + struct.pack("<I", 8) + _string(value)
+    if isinstance(value, list):
+        items = b"".join(_string(v) for v in value)
+        return _string(key) + struct.pack("<IIQ", 9, 8, len(value)) + items
+    raise TypeError(value)
+
+
+def buildGguf(metadata: dict, tensors: List[Tuple[str, Tuple[int, ...], int]],
+              version: int = 3) -> bytes:
+    """
+    @return: the bytes of a GGUF header with C{metadata} and C{tensors}
+        (name, dims, ggml type), and no tensor data.
+    """
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
+    out += b"".join(_kv(k, v) for k, v in metadata.items())
+    offset = 0
+    for name, dims, kind in tensors:
+        out += _string(name) + struct.pack("<I", len(dims))
+        out += b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", kind, offset)
+        offset += tensorBytes(kind, _product(dims)) if kind in (0, 8, 12) else 32
+    return out
+
+
+def _product(dims):
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+LLAMA = {
+    "general.architecture": "llama",
+    "general.name": "tiny",
+    "llama.block_count": 2,
+    "llama.context_length": 4096,
+    "llama.embedding_length": 64,
+    "llama.feed_forward_length": 128,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "llama.vocab_size": 1000,
+    "tokenizer.ggml.tokens": [f"t{i}" for i in range(2000)],
+    "general.flag": True,
+    "llama.rope.freq_base": 10000.0,
+}
+TENSORS = [("token_embd.weight", (64, 1000), 8), ("blk.0.attn_q.weight", (64, 64), 12),
+           ("output_norm.weight", (64,), 0)]
+
+
+# -- upstream clients over in-memory resources -------------------------------
+
+
+class FakeAgents:
+    """
+    Hands out one in-memory agent per model, each over a demo resource.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.agents = {}
+
+    def clientFor(self, key, url=b"", parallel=10, timeouts=None):
+        from treq.testing import RequestTraversalAgent
+
+        from llamaswap.demo import DemoServer, DemoSettings
+
+        if key not in self.agents:
+            demo = DemoServer(DemoSettings(model=key, tokens=3), self.clock, pid=4242)
+            self.agents[key] = RequestTraversalAgent(demo.resource())
+        return self.agents[key]

@@ -97,7 +97,9 @@ class ExampleTests(SynchronousTestCase):
         The example configuration documents a memory section that loads.
         """
         from llamaswap.config import loadConfig
-        from tests.test_config import EXAMPLE
+        from tests.integration.support import PROJECT_ROOT
+
+        EXAMPLE = f"{PROJECT_ROOT}/config/config.example.yaml"
 
         config = loadConfig(EXAMPLE, environ={})
         self.assertEqual(config.warnings, ())

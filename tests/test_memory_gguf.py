@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,72 +19,11 @@ from llamaswap.memory.estimate import (
     formatBytes,
     parseFlags,
 )
-from llamaswap.memory.gguf import GgufError, readHeader, tensorBytes
-from tests.integration.test_llama_server import GEMMA3, SMOLLM2
+from llamaswap.memory.gguf import GgufError, readHeader
+from tests.fakes import LLAMA, TENSORS, buildGguf
+from tests.integration.support import GEMMA3, SMOLLM2
 
 MiB = 1024 ** 2
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("<Q", len(data)) + data
-
-
-def _kv(key: str, value: Any) -> bytes:
-    if isinstance(value, bool):
-        return _string(key) + struct.pack("<I?", 7, value)
-    if isinstance(value, int):
-        return _string(key) + struct.pack("<II", 4, value)
-    if isinstance(value, float):
-        return _string(key) + struct.pack("<If", 6, value)
-    if isinstance(value, str):
-        return _string(key) + struct.pack("<I", 8) + _string(value)
-    if isinstance(value, list):
-        items = b"".join(_string(v) for v in value)
-        return _string(key) + struct.pack("<IIQ", 9, 8, len(value)) + items
-    raise TypeError(value)
-
-
-def buildGguf(metadata: dict, tensors: List[Tuple[str, Tuple[int, ...], int]],
-              version: int = 3) -> bytes:
-    """
-    @return: the bytes of a GGUF header with C{metadata} and C{tensors}
-        (name, dims, ggml type), and no tensor data.
-    """
-    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
-    out += b"".join(_kv(k, v) for k, v in metadata.items())
-    offset = 0
-    for name, dims, kind in tensors:
-        out += _string(name) + struct.pack("<I", len(dims))
-        out += b"".join(struct.pack("<Q", d) for d in dims)
-        out += struct.pack("<IQ", kind, offset)
-        offset += tensorBytes(kind, _product(dims)) if kind in (0, 8, 12) else 32
-    return out
-
-
-def _product(dims):
-    n = 1
-    for d in dims:
-        n *= d
-    return n
-
-
-LLAMA = {
-    "general.architecture": "llama",
-    "general.name": "tiny",
-    "llama.block_count": 2,
-    "llama.context_length": 4096,
-    "llama.embedding_length": 64,
-    "llama.feed_forward_length": 128,
-    "llama.attention.head_count": 4,
-    "llama.attention.head_count_kv": 2,
-    "llama.vocab_size": 1000,
-    "tokenizer.ggml.tokens": [f"t{i}" for i in range(2000)],
-    "general.flag": True,
-    "llama.rope.freq_base": 10000.0,
-}
-TENSORS = [("token_embd.weight", (64, 1000), 8), ("blk.0.attn_q.weight", (64, 64), 12),
-           ("output_norm.weight", (64,), 0)]
 
 
 class ReaderTests(SynchronousTestCase):

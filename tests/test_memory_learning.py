@@ -22,8 +22,8 @@ from llamaswap.memory.store import NeedStore, commandDigest, readState, writeSta
 from llamaswap.observe.gpu import NvmlProbe
 from llamaswap.router.scheduler import ModelView
 from tests.fakes import FakeGpuProbe, inlineThread
-from tests.test_memory_gguf import LLAMA, TENSORS, buildGguf
-from tests.test_observe_gpu import FakeNvml
+from tests.fakes import LLAMA, TENSORS, buildGguf
+from tests.fakes import FakeNvml
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2

@@ -22,7 +22,7 @@ from llamaswap.web.auth import StreamTokens
 from llamaswap.web.ui import CSP, UIResource
 from llamaswap.web.uiapi import REDACTED, redactedConfig
 from tests.fakes import FakeMachine
-from tests.test_web import FakeAgents
+from tests.fakes import FakeAgents
 
 CONFIG = """
 apiKeys: [sekrit-key]

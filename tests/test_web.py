@@ -10,13 +10,12 @@ import json
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import StubTreq
 
 from llamaswap.config import loadConfigText
-from llamaswap.demo import DemoServer, DemoSettings
 from llamaswap.router.router import RouterService
 from llamaswap.web.app import LlamaSwapAPI
-from tests.fakes import FakeMachine
+from tests.fakes import FakeAgents, FakeMachine
 
 CONFIG = """
 includeAliasesInList: true
@@ -52,22 +51,6 @@ def reasoning(chunks):
         for e in events
         if e.startswith("data: {") and "reasoning_content" in e
     )
-
-
-class FakeAgents:
-    """
-    Hands out one in-memory agent per model, each over a demo resource.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.agents = {}
-
-    def clientFor(self, key, url=b"", parallel=10, timeouts=None):
-        if key not in self.agents:
-            demo = DemoServer(DemoSettings(model=key, tokens=3), self.clock, pid=4242)
-            self.agents[key] = RequestTraversalAgent(demo.resource())
-        return self.agents[key]
 
 
 class APITests(SynchronousTestCase):

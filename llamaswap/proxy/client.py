@@ -141,6 +141,8 @@ class _Connection(Protocol):
     client pauses the upstream socket.
     """
 
+    transport: Any  # a TCP (or TLS) transport once connected
+
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.clock: IReactorTime = pool.reactor

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseNeverReceived, RequestNotSent
@@ -276,7 +276,7 @@ class _AgentBody(Protocol):
         if not self.exchange.cancelled:
             self.exchange.sink.bodyData(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.exchange.cancelled:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -359,7 +359,7 @@ class _Relay:
         if transport is not None:
             flushNow(transport)
 
-    def responseEnded(self, reason: Failure | None) -> None:
+    def responseEnded(self, reason: Any) -> None:
         if self.registered and not self.gone:
             self.registered = False
             self.request.unregisterProducer()

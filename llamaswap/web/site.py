@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from twisted.logger import Logger, LogLevel
 from twisted.web.server import Request, Site
@@ -67,7 +68,7 @@ class LlamaSwapRequest(Request):
         body = json.dumps({"error": {
             "message": f"request body exceeds the limit of {limit} bytes",
             "type": "invalid_request_error", "code": 413}}).encode()
-        transport = self.channel.transport
+        transport: Any = self.channel.transport
         transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
@@ -111,7 +112,7 @@ class AccessLoggingSite(Site):
         request.arrived = self.clock.seconds()
         return super().getResourceFor(request)
 
-    def log(self, request, clientClosed: bool = False) -> None:  # type: ignore[override]
+    def log(self, request, clientClosed: bool = False) -> None:
         """
         Log the access line of C{request}; a client that closed first is
         shown with status 499 ("client closed request").

@@ -12,7 +12,6 @@ the swap tests run SmolLM2 under a second configuration.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -27,6 +26,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from tests.integration.support import (
+    GEMMA3,
+    LLAMA_SERVER,
+    SMOLLM2,
     alive,
     asyncTest,
     freePort,
@@ -35,44 +37,6 @@ from tests.integration.support import (
     PROJECT_ROOT,
 )
 
-CACHE = os.environ.get("LLAMASWAP_CACHE") or os.path.join(
-    os.path.expanduser("~"), ".cache", "llamaswap")
-
-
-def _executable(path: str | None) -> str | None:
-    if path and os.path.isfile(path) and os.access(path, os.X_OK):
-        return os.path.abspath(path)
-    return None
-
-
-def findLlamaServer() -> str | None:
-    """
-    @return: C{$LLAMASWAP_LLAMA_SERVER}, or the newest binary that
-        C{scripts/build-llama-server} left in the cache, or C{None}.
-    """
-    if os.environ.get("LLAMASWAP_LLAMA_SERVER"):
-        return _executable(os.environ["LLAMASWAP_LLAMA_SERVER"])
-    built = glob.glob(os.path.join(CACHE, "llama-server-*", "bin", "llama-server"))
-    built.sort(key=os.path.getmtime)
-    return _executable(built[-1]) if built else None
-
-
-def findGGUF(name: str, fileName: str) -> str | None:
-    """
-    @return: C{$LLAMASWAP_<name>_GGUF}, or C{fileName} in the cache that
-        C{scripts/fetch-models} fills, or C{None}.
-    """
-    path = os.environ.get(f"LLAMASWAP_{name}_GGUF") or os.path.join(CACHE, "models", fileName)
-    try:
-        with open(path, "rb") as f:
-            return os.path.abspath(path) if f.read(4) == b"GGUF" else None
-    except OSError:
-        return None
-
-
-LLAMA_SERVER = findLlamaServer()
-SMOLLM2 = findGGUF("SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-GEMMA3 = findGGUF("GEMMA3", "gemma-3-270m-q4_k_m.gguf")
 
 SKIP = None
 if LLAMA_SERVER is None or SMOLLM2 is None:

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from llamaswap.memory.estimate import estimateCommand
 from tests.integration.support import asyncTest, freePort
-from tests.integration.test_llama_server import GEMMA3, LLAMA_SERVER, SMOLLM2
+from tests.integration.support import GEMMA3, LLAMA_SERVER, SMOLLM2
 
 MiB = 1024 ** 2
 BUFFER = re.compile(r"(model|KV|compute) buffer size\s*=\s*([0-9.]+) MiB")
