@@ -42,9 +42,7 @@ __all__ = ["Machine", "Lease", "RouterService", "RouterObserver", "Reconfigured"
 
 @attr.s(eq=False)
 class _StopInProgress:
-    """
-    One stop of one machine, however many callers wait for it.
-    """
+    """One stop of one machine, however many callers wait for it."""
 
     began: float = attr.ib()
     why: str = attr.ib()
@@ -695,8 +693,8 @@ class RouterService(Service):
         return lease
 
     def _explain(self, target: str, running) -> None:
+        planner: Any = self.memory.planner or self.planner
         try:
-            planner: Any = self.memory.planner or self.planner
             line = planner.explain(target, running)
         except Exception:
             self.log.failure("[{model}] explaining a swap", model=target)
