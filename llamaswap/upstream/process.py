@@ -20,7 +20,7 @@ import shutil
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -256,20 +256,27 @@ def procGroupAlive(pgid: int, procRoot: str = _PROC) -> bool:
     @return: C{True} while any process whose pgrp is C{pgid} is in a state
         other than C{Z} (zombie) or C{X}/C{x} (dead).
     """
+    return any(pgrp == pgid and state not in ("Z", "X", "x")
+               for _pid, state, _ppid, pgrp in processes(procRoot))
+
+
+def processes(procRoot: str) -> Iterator[tuple[int, str, int, int]]:
+    """
+    Walk C{procRoot} once.  Blocking: run it in a thread.
+
+    @return: C{(pid, state, ppid, pgrp)} of every process still readable;
+        nothing when C{procRoot} cannot be listed.
+    """
     try:
         names = os.listdir(procRoot)
     except OSError:
-        return False
+        return
     for name in names:
         if not name.isdigit():
             continue
         stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, _ppid, pgrp = stat
-        if pgrp == pgid and state not in ("Z", "X", "x"):
-            return True
-    return False
+        if stat is not None:
+            yield (int(name), *stat)
 
 
 def _readStat(path: str) -> tuple[str, int, int] | None:
@@ -321,32 +328,25 @@ def scanRun(
     @return: C{(tagged, zombies)}, pids.
     """
     needle = "{}={}".format(UPSTREAM_TAG, tag).encode("utf-8") + b"\0"
-    try:
-        names = os.listdir(procRoot)
-    except OSError:
-        return [], []
     me = getpid()
-    tagged, zombies = [], []
-    for name in names:
-        if not name.isdigit() or name == str(me):
+    tagged: list[int] = []
+    zombies: list[int] = []
+    for pid, state, ppid, pgrp in processes(procRoot):
+        if pid == me:
             continue
-        stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, ppid, pgrp = stat
         if state in ("Z", "X", "x"):
             if state == "Z" and ppid == me:
-                zombies.append(int(name))
+                zombies.append(pid)
             continue
         if pgrp == pgid:
             continue
         try:
-            with open(os.path.join(procRoot, name, "environ"), "rb") as f:
+            with open(os.path.join(procRoot, str(pid), "environ"), "rb") as f:
                 environ = f.read()
         except OSError:
             continue
         if environ.startswith(needle) or (b"\0" + needle) in environ:
-            tagged.append(int(name))
+            tagged.append(pid)
     return tagged, zombies
 
 
@@ -389,21 +389,8 @@ def zombieChildren(
     @return: their pids.
     """
     me = getpid()
-    try:
-        names = os.listdir(procRoot)
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _readStat(os.path.join(procRoot, name, "stat"))
-        if stat is None:
-            continue
-        state, ppid, _pgrp = stat
-        if ppid == me and state == "Z":
-            found.append(int(name))
-    return found
+    return [pid for pid, state, ppid, _pgrp in processes(procRoot)
+            if ppid == me and state == "Z"]
 
 
 def reapOrphans(

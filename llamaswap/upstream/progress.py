@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from llamaswap.upstream.process import processes
+
 __all__ = ["modelFile", "namedFile", "bytesLoaded", "LoadProgress"]
 
 _PROC = "/proc"
@@ -55,23 +57,7 @@ def modelFile(argv: Sequence[str]) -> Optional[str]:
 
 
 def _groupPids(pgid: int, procRoot: str) -> List[str]:
-    out: List[str] = []
-    try:
-        names = os.listdir(procRoot)
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(os.path.join(procRoot, name, "stat"), "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(pgid).encode():
-            out.append(name)
-    return out
+    return [str(pid) for pid, _state, _ppid, pgrp in processes(procRoot) if pgrp == pgid]
 
 
 def _mappedRss(smaps: bytes, path: bytes) -> int:

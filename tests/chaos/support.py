@@ -315,6 +315,18 @@ class Daemon:
             assert status == 200, (model, status, body)
         return self.quiesce()
 
+    def waitUpstreamIdle(self, model: str, what: str) -> None:
+        """
+        Wait until the fake upstream of C{model} has no request open (its
+        C{/debug/open} answers 0), failing with C{what} after 15 seconds.
+        """
+
+        def idle() -> bool:
+            status, _, body = self.request("GET", f"/upstream/{model}/debug/open")
+            return status == 200 and int(body) == 0
+
+        waitFor(idle, timeout=15, what=what)
+
     def assertNoLeak(self, fdsBefore: int) -> None:
         """
         Quiesce, then check that the daemon's descriptors are back to

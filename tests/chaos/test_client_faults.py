@@ -119,11 +119,7 @@ class ClientFaultTests(TestCase):
             next(events)
         abort(conn, response)
 
-        def upstreamIdle() -> bool:
-            status, _, body = d.request("GET", "/upstream/victim/debug/open")
-            return status == 200 and int(body) == 0
-
-        waitFor(upstreamIdle, timeout=15, what="upstream connection closed")
+        d.waitUpstreamIdle("victim", "upstream connection closed")
         bystander.check(self, BYSTANDER_TOKENS)
         d.assertNoLeak(fds)
 

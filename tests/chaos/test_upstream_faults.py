@@ -135,11 +135,7 @@ class UpstreamFaultTests(TestCase):
             conn.close()
         self.assertTrue(cut)
 
-        def upstreamIdle() -> bool:
-            status, _, body = d.request("GET", "/upstream/victim/debug/open")
-            return status == 200 and int(body) == 0
-
-        waitFor(upstreamIdle, timeout=15, what="the stalled upstream request aborted")
+        d.waitUpstreamIdle("victim", "the stalled upstream request aborted")
         bystander.check(self, BYSTANDER_TOKENS)
         d.assertNoLeak(fds)
 
