@@ -198,17 +198,50 @@ class HeadDeadlineChannel(HTTPChannel):
 
     headDeadline = HEAD_DEADLINE
     _headTimer: Any = None
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        """
+        @return: the local address, asked of the socket once per connection
+            (twisted.web asks for it with every request).
+        """
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        """
+        @return: the peer's address, made once per connection.
+        """
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    _lost = False
 
     def dataReceived(self, data: bytes) -> None:
-        if self._headTimer is None and self.line_mode and not self._handlingRequest:
-            self._headTimer = self.callLater(self.headDeadline, self._headTimedOut)
+        fresh = self._headTimer is None and self.line_mode and not self._handlingRequest
         super().dataReceived(data)
+        # A head that arrived whole in this read needs no timer; one still
+        # arriving has its deadline from now.
+        if fresh and self._headTimer is None and self._inHead():
+            self._headTimer = self.callLater(self.headDeadline, self._headTimedOut)
+
+    def _inHead(self) -> bool:
+        """
+        @return: whether part of a request head has arrived and the rest
+            has not.
+        """
+        return (not self._lost and self.line_mode and not self._handlingRequest
+                and bool(self._buffer or self._receivedHeaderSize))
 
     def allHeadersReceived(self) -> None:
         self._cancelHeadTimer()
         super().allHeadersReceived()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._cancelHeadTimer()
         super().connectionLost(reason)
 

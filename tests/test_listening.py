@@ -92,6 +92,16 @@ class HeadDeadlineTests(SynchronousTestCase):
         protocol.connectionLost(None)
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.getTime() == 3.0], [])
 
+    def test_wholeHeadInOneReadSetsNoTimer(self) -> None:
+        """
+        A head that arrives in one read is never timed: no head timer is
+        made for it (twisted.web serves thousands of those a second).
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.getTime() == 3.0], [])
+
     def test_daemonSiteHasTheDeadline(self) -> None:
         site = AccessLoggingSite(Resource(), clock=self.clock)
         self.assertIs(type(site).protocol, headDeadlineProtocol)

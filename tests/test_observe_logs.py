@@ -160,6 +160,19 @@ class ProxyObserverTests(SynchronousTestCase):
                          b"[INFO] Request 1.2.3.4 200\n[WARN] careful\n"
                          b"[ERROR] broken\n[ERROR] very broken\n")
 
+    def test_preformattedLine(self):
+        """
+        An event whose format is C{"{line}"} (the access log's) is written
+        with its C{line}, as formatting it would.
+        """
+        observer, log = self.logger()
+        log.info("{line}", line="Request 1.2.3.4 {not a field} 200")
+        log.failure("{line}", Failure(ValueError("boom")), line="it failed")
+        history = self.hub.proxy.history()
+        self.assertTrue(history.startswith(
+            b"[INFO] Request 1.2.3.4 {not a field} 200\n[ERROR] it failed\n"), history)
+        self.assertIn(b"ValueError: boom", history)
+
     def test_levelFiltering(self):
         """
         C{logLevel: warn} suppresses INFO and DEBUG proxy lines; C{debug}

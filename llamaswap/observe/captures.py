@@ -100,6 +100,8 @@ def canonicalName(name: str | bytes) -> str:
 def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:
     if headers is None:
         return []
+    if type(headers) is dict:
+        return headers.items()
     if hasattr(headers, "getAllRawHeaders"):
         return ((name, values) for name, values in headers.getAllRawHeaders())
     if isinstance(headers, Mapping):

@@ -170,6 +170,20 @@ class LogBuffer:
 
 
 @implementer(ILogObserver)
+def preformatted(event: dict) -> str | None:
+    """
+    @return: the message of an event that carries it already formatted
+        (its format is C{"{line}"}, as the access log's are, and it has no
+        failure), so that observers need not format it again; L{None} for
+        any other event.
+    """
+    if event.get("log_format") == "{line}" and "log_failure" not in event:
+        line = event.get("line")
+        if type(line) is str:
+            return line
+    return None
+
+
 class ProxyLogObserver:
     """
     Writes llamaswap's own log events to a L{LogHub}'s proxy log, one line
@@ -232,7 +246,9 @@ class ProxyLogObserver:
         @return: the proxy line for C{event}, newline included, or C{""}
             when its message is empty.
         """
-        message = formatEvent(event)
+        message = preformatted(event)
+        if message is None:
+            message = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
             try:

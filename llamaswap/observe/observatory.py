@@ -41,7 +41,7 @@ from llamaswap.observe.events import (
 )
 from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.observe.gpu import NvmlProbe
-from llamaswap.observe.logs import LogHub, isUpstreamOutput
+from llamaswap.observe.logs import LogHub, isUpstreamOutput, preformatted
 from llamaswap.observe.logstream import LogStreams
 from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import Metrics, MetricsResource
@@ -168,7 +168,17 @@ def classicLogLine(event: dict) -> str | None:
     @return: what twistd's text log observer writes for C{event}
         (L{formatEventAsClassicLogText} with its default time format).
     """
-    return formatEventAsClassicLogText(event, formatTime=_secondStamp)
+    text = preformatted(event)
+    if text is None:
+        return formatEventAsClassicLogText(event, formatTime=_secondStamp)
+    # The same line as formatEventAsClassicLogText's, without formatting
+    # the message again.
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    text = f"{_secondStamp(event.get('log_time'))} [{system}] {text}"
+    return text.replace("\n", "\n\t") + "\n"
 
 
 def staticFacts(config, modelId: str) -> dict[str, Any]:
@@ -407,9 +417,14 @@ class Observatory(Service):
         return {**RUNTIME_DEFAULTS, **self._runtime.get(modelId, {})}
 
     def _update(self, modelId: str, publish: bool = True, **fields: Any) -> None:
-        record = self._runtime.setdefault(modelId, {})
-        changed = any(record.get(k, RUNTIME_DEFAULTS.get(k)) != v for k, v in fields.items())
-        record.update(fields)
+        record = self._runtime.get(modelId)
+        if record is None:
+            record = self._runtime[modelId] = {}
+        changed = False
+        for key, value in fields.items():
+            if not changed and record.get(key, RUNTIME_DEFAULTS.get(key)) != value:
+                changed = True
+            record[key] = value
         if changed and publish and self.bus.listening:
             self.bus.publish("modelStatus", self.modelStatus())
 

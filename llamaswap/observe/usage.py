@@ -60,21 +60,30 @@ def _int(value: Any) -> int:
     return int(_number(value))
 
 
-def _first(mapping: dict, *keys: str) -> Any:
+def _first(mapping: dict, *paths: tuple[str, ...]) -> Any:
     """
-    @return: the value of the first of C{keys} present in C{mapping}
-        (dotted keys descend into objects), or L{None}.
+    @param paths: key paths (C{("input_tokens_details", "cached_tokens")}
+        descends into objects).
+    @return: the value at the first of C{paths} present in C{mapping}, or
+        L{None}.
     """
-    for key in keys:
+    for path in paths:
         node: Any = mapping
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
+        for part in path:
+            if type(node) is not dict:
                 node = None
                 break
-            node = node[part]
+            node = node.get(part)
         if node is not None:
             return node
     return None
+
+
+_INPUT = (("prompt_tokens",), ("input_tokens",))
+_OUTPUT = (("completion_tokens",), ("output_tokens",))
+_USAGE_PATHS = (("usage",), ("response", "usage"), ("message", "usage"))
+_CACHED = (("cache_read_input_tokens",), ("input_tokens_details", "cached_tokens"),
+           ("prompt_tokens_details", "cached_tokens"))
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -132,10 +141,9 @@ def _usageCounts(usage: dict) -> tuple[int, int, int | None]:
     """
     @return: C{(input, output, cached or None)} of a C{usage} object.
     """
-    inputTokens = _int(_first(usage, "prompt_tokens", "input_tokens"))
-    outputTokens = _int(_first(usage, "completion_tokens", "output_tokens"))
-    cached = _first(usage, "cache_read_input_tokens", "input_tokens_details.cached_tokens",
-                    "prompt_tokens_details.cached_tokens")
+    inputTokens = _int(_first(usage, *_INPUT))
+    outputTokens = _int(_first(usage, *_OUTPUT))
+    cached = _first(usage, *_CACHED)
     return inputTokens, outputTokens, (None if cached is None else _int(cached))
 
 
@@ -456,8 +464,8 @@ class SSEUsageParser:
         """
         Take the usage and timings of one decoded event.
         """
-        for key in ("usage", "response.usage", "message.usage"):
-            usage = _first(obj, key)
+        for path in _USAGE_PATHS:
+            usage = _first(obj, path)
             if isinstance(usage, dict):
                 self._usageSeen = True
                 inputTokens, outputTokens, cached = _usageCounts(usage)
