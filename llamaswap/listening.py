@@ -233,7 +233,7 @@ class HeadDeadlineChannel(HTTPChannel):
         @return: whether part of a request head has arrived and the rest
             has not.
         """
-        return (not self._lost and self.line_mode and not self._handlingRequest
+        return bool(not self._lost and self.line_mode and not self._handlingRequest
                 and bool(self._buffer or self._receivedHeaderSize))
 
     def allHeadersReceived(self) -> None:

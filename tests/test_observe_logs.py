@@ -160,6 +160,13 @@ class ProxyObserverTests(SynchronousTestCase):
                          b"[INFO] Request 1.2.3.4 200\n[WARN] careful\n"
                          b"[ERROR] broken\n[ERROR] very broken\n")
 
+    def test_providesILogObserver(self):
+        from twisted.logger import ILogObserver
+        from zope.interface.verify import verifyObject
+
+        observer, _ = self.logger()
+        self.assertTrue(verifyObject(ILogObserver, observer))
+
     def test_preformattedLine(self):
         """
         An event whose format is C{"{line}"} (the access log's) is written

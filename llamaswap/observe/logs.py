@@ -169,7 +169,6 @@ class LogBuffer:
                          callback=callback)
 
 
-@implementer(ILogObserver)
 def preformatted(event: dict) -> str | None:
     """
     @return: the message of an event that carries it already formatted
@@ -184,6 +183,7 @@ def preformatted(event: dict) -> str | None:
     return None
 
 
+@implementer(ILogObserver)
 class ProxyLogObserver:
     """
     Writes llamaswap's own log events to a L{LogHub}'s proxy log, one line
