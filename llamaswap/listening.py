@@ -200,6 +200,7 @@ class HeadDeadlineChannel(HTTPChannel):
     _headTimer: Any = None
     _host: Any = None
     _peer: Any = None
+    _lost = False
 
     def getHost(self) -> Any:
         """
@@ -218,8 +219,6 @@ class HeadDeadlineChannel(HTTPChannel):
             self._peer = super().getPeer()
         return self._peer
 
-    _lost = False
-
     def dataReceived(self, data: bytes) -> None:
         fresh = self._headTimer is None and self.line_mode and not self._handlingRequest
         super().dataReceived(data)
@@ -233,7 +232,7 @@ class HeadDeadlineChannel(HTTPChannel):
         @return: whether part of a request head has arrived and the rest
             has not.
         """
-        return bool(not self._lost and self.line_mode and not self._handlingRequest
+        return (not self._lost and bool(self.line_mode) and not self._handlingRequest
                 and bool(self._buffer or self._receivedHeaderSize))
 
     def allHeadersReceived(self) -> None:

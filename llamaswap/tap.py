@@ -13,7 +13,6 @@ twistd's usage text.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import sys
@@ -363,17 +362,6 @@ class StartupGuard(MultiService):
         raise SystemExit(1)
 
 
-def settleHeap() -> None:
-    """
-    Move what start-up made (modules, the config, the services) out of the
-    cyclic garbage collector's reach: it is there for the daemon's life,
-    and each full collection would otherwise walk all of it again.  Called
-    once the reactor runs.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def makeService(options: Options) -> IService:
     """
     @return: the root service of llamaswap for the parsed C{options},
@@ -401,7 +389,6 @@ def makeService(options: Options) -> IService:
         endpoint=", ".join(endpoints),
     )
     listen = endpoints[0] if len(endpoints) == 1 else endpoints
-    reactor.callWhenRunning(settleHeap)
     root = makeRootService(config, reactor, listen, daemon=True,
                            configPath=options["configPath"],
                            watchConfig=bool(options["watch-config"]))

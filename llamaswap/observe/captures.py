@@ -34,7 +34,8 @@ import base64
 import json
 import zlib
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterable
 
 import attr
 from twisted.logger import Logger
@@ -100,8 +101,6 @@ def canonicalName(name: str | bytes) -> str:
 def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:
     if headers is None:
         return []
-    if type(headers) is dict:
-        return headers.items()
     if hasattr(headers, "getAllRawHeaders"):
         return ((name, values) for name, values in headers.getAllRawHeaders())
     if isinstance(headers, Mapping):

@@ -417,14 +417,9 @@ class Observatory(Service):
         return {**RUNTIME_DEFAULTS, **self._runtime.get(modelId, {})}
 
     def _update(self, modelId: str, publish: bool = True, **fields: Any) -> None:
-        record = self._runtime.get(modelId)
-        if record is None:
-            record = self._runtime[modelId] = {}
-        changed = False
-        for key, value in fields.items():
-            if not changed and record.get(key, RUNTIME_DEFAULTS.get(key)) != value:
-                changed = True
-            record[key] = value
+        record = self._runtime.setdefault(modelId, {})
+        changed = any(record.get(k, RUNTIME_DEFAULTS.get(k)) != v for k, v in fields.items())
+        record.update(fields)
         if changed and publish and self.bus.listening:
             self.bus.publish("modelStatus", self.modelStatus())
 

@@ -179,10 +179,6 @@ class Ledger:
         C{waiters} leave the queue, dispatched (their slots stay taken
         until their leases are released).
         """
-        waiting = self._waiting
-        if len(waiters) == 1 and waiting and waiting[-1] is waiters[0]:
-            waiting.pop()  # the one just queued, granted at once
-            return
         done = {id(w) for w in waiters}
         self._waiting = [w for w in self._waiting if id(w) not in done]
 
