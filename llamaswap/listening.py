@@ -50,6 +50,9 @@ def _jsonError(status: int, reason: str, message: str, kind: str) -> bytes:
 TOO_MANY_CONNECTIONS = _jsonError(
     503, "Service Unavailable", "too many client connections; retry later", "server_error"
 )
+BAD_REQUEST = _jsonError(
+    400, "Bad Request", "malformed HTTP request", "invalid_request_error"
+)
 HEAD_TIMED_OUT = _jsonError(
     408, "Request Timeout", "the request head was not received in time", "invalid_request_error"
 )
@@ -249,6 +252,16 @@ class HeadDeadlineChannel(HTTPChannel):
             if self._headTimer.active():
                 self._headTimer.cancel()
             self._headTimer = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        A request twisted.web cannot parse (its request line, a header, its
+        framing) gets an OpenAI-style JSON 400, not a bare status line, and
+        the connection is closed.
+        """
+        self._cancelHeadTimer()
+        self.transport.write(BAD_REQUEST)  # type: ignore[union-attr]
+        self.loseConnection()
 
     def _headTimedOut(self) -> None:
         self._headTimer = None

@@ -5,6 +5,8 @@ connection cap, on memory transports and a fake clock.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -101,6 +103,22 @@ class HeadDeadlineTests(SynchronousTestCase):
         protocol.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"200 OK", transport.value())
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.getTime() == 3.0], [])
+
+    def test_malformedRequestGetsAJSON400(self) -> None:
+        """
+        A request line or header twisted.web refuses is answered with an
+        OpenAI-style JSON 400 and the connection is closed.
+        """
+        for head in (b"GET /v1/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                     b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"):
+            protocol, transport = self.connect()
+            protocol.dataReceived(head)
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head)
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            self.assertEqual((error["code"], error["type"]), (400, "invalid_request_error"))
+            self.assertTrue(transport.disconnecting)
 
     def test_daemonSiteHasTheDeadline(self) -> None:
         site = AccessLoggingSite(Resource(), clock=self.clock)

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
+from llamaswap.listening import ConnectionCap
 from llamaswap.observe.activity import ActivityLog
 from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.proxy.client import Limits
@@ -104,6 +105,13 @@ class RawClient(Protocol):
 
 
 class RelaySocketTests(TestCase):
+    """
+    The relay behind a site listening on its own.
+    """
+
+    #: Whether the site listens through L{ConnectionCap}, as the daemon's does.
+    capped = False
+
     def setUp(self) -> None:
         self.upstreamFactory = Factory.forProtocol(ScriptedUpstream)
         self.upstreamFactory.connections = []
@@ -136,7 +144,8 @@ class RelaySocketTests(TestCase):
 
         site = AccessLoggingSite(Front(), clock=reactor)
         site.accessLog = Logger(observer=self.logged.append)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        factory = ConnectionCap(site, 100, reactor) if self.capped else site
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
 
@@ -327,3 +336,13 @@ class RelaySocketTests(TestCase):
         await until(lambda: complete(client.data), "the 502", timeout=30)
         self.assertTrue(client.data.startswith(b"HTTP/1.1 502 "))
         self.assertIn(b"timeout", dechunk(client.data).lower())
+
+
+class CappedRelaySocketTests(RelaySocketTests):
+    """
+    The same behaviours behind the listening stack the daemon uses: the
+    connection cap's wrapper is each client connection's transport.
+    """
+
+    capped = True
+
