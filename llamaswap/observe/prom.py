@@ -227,7 +227,6 @@ class Metrics:
         self._states: dict[str, str] = {}
         self._requestChildren: dict[tuple, tuple] = {}
         self._children: dict[tuple, Any] = {}
-        self._phaseChildren: dict[str, tuple] = {}
         self.performance = PerformanceCollector(monitor)
         r.register(self.performance)
 
@@ -291,14 +290,10 @@ class Metrics:
         Observe a request's C{queue}, C{stop}, C{load} and C{ttfb} phases
         (seconds; other keys, such as C{total}, are ignored).
         """
-        children = self._phaseChildren.get(model)
-        if children is None:
-            children = self._phaseChildren[model] = tuple(
-                self._phases.labels(model, phase) for phase in PHASES)
-        for phase, child in zip(PHASES, children):
+        for phase in PHASES:
             value = phases.get(phase)
             if value is not None:
-                child.observe(max(0.0, float(value)))
+                self._child(self._phases, model, phase).observe(max(0.0, float(value)))
 
     def _child(self, metric, *labels: str):
         """
