@@ -262,6 +262,18 @@ class IResponseSink(Interface):
         The next bytes of the body (transfer framing removed).
         """
 
+    def readStarted() -> None:
+        """
+        The calls that one read from the upstream causes follow, up to
+        L{readEnded}: what they write to the client may be held and sent
+        together then.
+        """
+
+    def readEnded() -> None:
+        """
+        The calls of one read from the upstream are over.
+        """
+
     def responseEnded(reason: object) -> None:
         """
         The exchange is over: C{None} when the response ended whole, else a

@@ -21,8 +21,10 @@ from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+
+from llamaswap.proxy.sending import GatheringWrapper
 
 log = Logger()
 
@@ -104,7 +106,7 @@ class _Refuse(Protocol):
         self.transport.loseConnection()
 
 
-class _HealthOnly(ProtocolWrapper):
+class _HealthOnly(GatheringWrapper):
     """
     A connection past the cap but within the reserve: its first request is
     served if it asks for C{/health} (with C{Connection: close}, so it is
@@ -150,7 +152,7 @@ class ConnectionCap(WrappingFactory):
     @ivar refused: how many came past the cap so far.
     """
 
-    protocol = ProtocolWrapper
+    protocol = GatheringWrapper
     reserve = HEALTH_RESERVE
     warnEvery = 10.0
 
@@ -165,7 +167,7 @@ class ConnectionCap(WrappingFactory):
     def open(self) -> int:
         return len(self.protocols)
 
-    # Past the cap the protocol is no ProtocolWrapper, hence the ignore.
+    # Past the cap the protocol is no GatheringWrapper, hence the ignore.
     def buildProtocol(self, addr: Optional[IAddress]) -> Optional[IProtocol]:  # type: ignore[override]
         if self.open >= self.limit:
             self._warn()

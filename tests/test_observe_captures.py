@@ -202,6 +202,24 @@ class RecorderTests(SynchronousTestCase):
         self.assertEqual(base64.b64decode(body["resp_body"]), answer)
         self.assertFalse(recorder.commit(4))
 
+    def test_headersKeptUntilReadAreCounted(self):
+        """
+        The headers are kept as they came and made into header maps only
+        when the capture is read; until then they count in the budget at
+        least their own length.
+        """
+        store = CaptureStore(1_000_000)
+        long = b"v" * 1000
+        request = Headers({b"x-long-%d" % n: [long] for n in range(5)})
+        recorder = CaptureRecorder(store, "/v1/chat/completions", request, b"{}")
+        recorder.response(200, [(b"x-answer", long)])
+        recorder.data(b"ok")
+        self.assertTrue(recorder.commit(1))
+        self.assertGreater(store.usedBytes, 6 * len(long))
+        body = store.get(1)
+        self.assertEqual(body["req_headers"]["X-Long-4"], long.decode())
+        self.assertEqual(body["resp_headers"], {"X-Answer": long.decode()})
+
     def test_onlyNonEmpty200(self):
         store = CaptureStore(10_000)
         failed = CaptureRecorder(store, "/v1/chat/completions", {}, b"{}")

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from llamaswap.observe.captures import REDACTED, CaptureStore
-from llamaswap.observe.exchange import ExchangeMeter
+from llamaswap.observe.exchange import ExchangeMeter, _contentHeaders
 from llamaswap.observe.prom import Metrics
 from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.tokens import ActivityLog
@@ -127,3 +127,23 @@ class ExchangeTests(SynchronousTestCase):
         record = meter.done()
         self.assertFalse(record.hasCapture)
         self.assertEqual(record.respContentType, "")
+
+
+class ContentHeadersTests(SynchronousTestCase):
+    """
+    L{_contentHeaders}: the first C{Content-Type} and C{Content-Encoding}
+    of any header shape the meter is given.
+    """
+
+    def test_shapes(self):
+        expected = ("text/event-stream", "gzip")
+        self.assertEqual(_contentHeaders([(b"content-type", b"text/event-stream"),
+                                          (b"content-encoding", b"gzip"),
+                                          (b"content-type", b"text/plain")]), expected)
+        self.assertEqual(_contentHeaders({"Content-Type": ["text/event-stream"],
+                                          "CONTENT-ENCODING": "gzip"}), expected)
+        self.assertEqual(_contentHeaders(Headers({b"Content-Type": [b"text/event-stream"],
+                                                  b"Content-Encoding": [b"gzip"]})), expected)
+        self.assertEqual(_contentHeaders([(b"x", b"y")]), ("", ""))
+        self.assertEqual(_contentHeaders(None), ("", ""))
+

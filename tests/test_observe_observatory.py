@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from llamaswap.config import loadConfigText
 from llamaswap.interfaces import IRouterReport
-from llamaswap.observe.observatory import Observatory, classicLogLine
+from llamaswap.observe.observatory import CoalescedFlush, Observatory, classicLogLine
 from llamaswap.router.router import RouterObserver
 
 MODELS = """
@@ -109,6 +109,65 @@ class OwnLogTests(SynchronousTestCase):
 
 RUNTIME = {"since": None, "inFlight": 0, "queued": 0, "pid": None, "port": None,
            "lastUsed": None, "unloadAt": None, "failure": None, "progress": None}
+
+
+class CoalescedFlushTests(SynchronousTestCase):
+    """
+    L{CoalescedFlush}: the lines of a burst are written and flushed
+    together, a moment after the first flush.
+    """
+
+    class File:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+            self.flushes = 0
+
+        def write(self, data: str) -> int:
+            self.writes.append(data)
+            return len(data)
+
+        def flush(self) -> None:
+            self.flushes += 1
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.file = self.File()
+        self.out = CoalescedFlush(self.file, self.clock, delay=0.005, limit=100)
+
+    def test_aBurstIsOneWrite(self) -> None:
+        for n in range(3):
+            self.out.write(f"line {n}\n")
+            self.out.flush()
+        self.assertEqual((self.file.writes, self.file.flushes), ([], 0))
+        self.clock.advance(0.005)
+        self.assertEqual(self.file.writes, ["line 0\nline 1\nline 2\n"])
+        self.assertEqual(self.file.flushes, 1)
+        self.out.write("later\n")
+        self.out.flush()
+        self.clock.advance(0.005)
+        self.assertEqual(self.file.writes[1:], ["later\n"])
+
+    def test_aFullHoldIsWrittenAtOnce(self) -> None:
+        self.out.write("x" * 60)
+        self.assertEqual(self.file.writes, [])
+        self.out.write("y" * 60)
+        self.assertEqual(self.file.writes, ["x" * 60 + "y" * 60])
+
+    def test_flushNowWritesWhatIsHeld(self) -> None:
+        self.out.write("last\n")
+        self.out.flush()
+        self.out.flushNow()
+        self.assertEqual((self.file.writes, self.file.flushes), (["last\n"], 1))
+        self.clock.advance(1)
+        self.assertEqual(self.file.flushes, 1)
+
+    def test_aClosedFileIsNoError(self) -> None:
+        def closed(data: str) -> int:
+            raise ValueError("I/O operation on closed file")
+
+        self.file.write = closed  # type: ignore[method-assign]
+        self.out.write("lost\n")
+        self.out.flushNow()
 
 
 class ModelStatusTests(SynchronousTestCase):

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llamaswap.errors import UpstreamTimeout
-from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, sendNow
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
 from llamaswap.proxy.relay import BytesProducer
 
 
@@ -19,15 +19,25 @@ class Sink:
         self.started: list = []
         self.data: list[bytes] = []
         self.ended: list = []
+        self.reads: list[str] = []
 
     def responseStarted(self, status, phrase, headers) -> None:
         self.started.append((status, phrase, headers))
+        self.reads.append("started")
+
+    def readStarted(self) -> None:
+        self.reads.append("(")
+
+    def readEnded(self) -> None:
+        self.reads.append(")")
 
     def bodyData(self, data: bytes) -> None:
         self.data.append(data)
+        self.reads.append("data")
 
     def responseEnded(self, reason) -> None:
         self.ended.append(reason)
+        self.reads.append("ended")
 
 
 class UnknownLengthBody(BytesProducer):
@@ -99,6 +109,17 @@ class ClientTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"POST /v1/x"))
         self.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(second.ended, [None])
+
+    def test_eachReadIsBracketed(self) -> None:
+        """
+        What one read from the upstream causes is told between the sink's
+        C{readStarted} and C{readEnded}, so the relay can send it to its
+        client in one write.
+        """
+        sink, _ = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+        self.answer(b"lo")
+        self.assertEqual(sink.reads, ["(", "started", "data", ")", "(", "data", "ended", ")"])
 
     def test_chunkedBodySplitAnywhere(self) -> None:
         sink, _ = self.send()
@@ -277,57 +298,6 @@ class PoolTimeoutsTests(SynchronousTestCase):
         self.assertEqual(other.connectTimeout, 9)
         default = clients.clientFor("n", b"http://127.0.0.1:5801/")
         self.assertEqual((default.connectTimeout, default.idleTimeout), (30.0, 0))
-
-
-class SendNowTests(SynchronousTestCase):
-    """
-    L{sendNow}: a request sent straight to an idle TCP socket, the rest
-    (or everything, when anything is buffered) left to the transport.
-    """
-
-    class Socket:
-        def __init__(self, room: int | None) -> None:
-            self.room = room
-            self.sent = b""
-
-        def send(self, data: bytes) -> int:
-            if self.room is None:
-                raise BlockingIOError()
-            n = min(self.room, len(data))
-            self.sent += data[:n]
-            return n
-
-    def transport(self, room: int | None) -> StringTransport:
-        transport = StringTransport()
-        transport.socket = self.Socket(room)  # type: ignore[attr-defined]
-        transport._tempDataBuffer = []  # type: ignore[attr-defined]
-        transport.dataBuffer = b""  # type: ignore[attr-defined]
-        transport.connected = True  # type: ignore[attr-defined]
-        return transport
-
-    def test_idleSocketSendsAtOnce(self) -> None:
-        transport = self.transport(100)
-        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
-        self.assertEqual(transport.socket.sent, b"GET / HTTP/1.1\r\n\r\n")
-        self.assertEqual(transport.value(), b"")
-
-    def test_theRestIsBuffered(self) -> None:
-        transport = self.transport(4)
-        sendNow(transport, b"GET / HTTP/1.1\r\n\r\n")
-        self.assertEqual(transport.socket.sent + transport.value(), b"GET / HTTP/1.1\r\n\r\n")
-        self.assertEqual(transport.value(), b"/ HTTP/1.1\r\n\r\n")
-
-    def test_fullSocketIsBuffered(self) -> None:
-        transport = self.transport(None)
-        sendNow(transport, b"abc")
-        self.assertEqual(transport.value(), b"abc")
-
-    def test_bufferedDataGoesFirst(self) -> None:
-        transport = self.transport(100)
-        transport._tempDataBuffer = [b"earlier"]  # type: ignore[attr-defined]
-        sendNow(transport, b"abc")
-        self.assertEqual(transport.socket.sent, b"")
-        self.assertEqual(transport.value(), b"abc")
 
 
 class RelayOverClientTests(SynchronousTestCase):

@@ -106,7 +106,8 @@ class RawClient(Protocol):
 
 class RelaySocketTests(TestCase):
     """
-    The relay behind a site listening on its own.
+    The relay behind a site listening on its own: the client connection's
+    transport is the plain TCP one.
     """
 
     #: Whether the site listens through L{ConnectionCap}, as the daemon's does.
@@ -144,8 +145,8 @@ class RelaySocketTests(TestCase):
 
         site = AccessLoggingSite(Front(), clock=reactor)
         site.accessLog = Logger(observer=self.logged.append)
-        factory = ConnectionCap(site, 100, reactor) if self.capped else site
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.cap = ConnectionCap(site, 100, reactor)
+        port = reactor.listenTCP(0, self.cap if self.capped else site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
 
@@ -338,11 +339,92 @@ class RelaySocketTests(TestCase):
         self.assertIn(b"timeout", dechunk(client.data).lower())
 
 
+
 class CappedRelaySocketTests(RelaySocketTests):
     """
-    The same behaviours behind the listening stack the daemon uses: the
-    connection cap's wrapper is each client connection's transport.
+    The same behaviours behind the listening stack the daemon uses (the
+    connection cap's L{GatheringWrapper} as each client connection's
+    transport, which holds the writes of one upstream read), and how many
+    C{send(2)} calls they take.
     """
 
     capped = True
 
+    def countSends(self) -> list[int]:
+        """
+        Count the C{send(2)} calls on the server side of the (one) client
+        connection, and its registrations for writing (a write the
+        reactor sends later).
+
+        @return: the sizes sent, in order, as they happen; C{-1} for each
+            registration.
+        """
+        sizes: list[int] = []
+
+        class Counting:
+            def __init__(self, sock) -> None:
+                self._sock = sock
+
+            def send(self, data) -> int:
+                n = self._sock.send(data)
+                sizes.append(n)
+                return n
+
+            def __getattr__(self, name):
+                return getattr(self._sock, name)
+
+        (wrapper,) = list(self.cap.protocols)
+        transport = wrapper.transport
+        transport.socket = Counting(transport.socket)
+        startWriting = transport.startWriting
+
+        def registered() -> None:
+            sizes.append(-1)  # the socket registered for writing
+            startWriting()
+
+        transport.startWriting = registered
+        return sizes
+
+    async def test_smallAnswerLeavesInOneSend(self) -> None:
+        """
+        An answer whose head and body the upstream sends in one read
+        reaches the client in one C{send(2)}, made at once (the socket is
+        never registered for writing), keep-alive answer after answer.
+        """
+        self.upstreamFactory.script = lambda up: ok(b'{"ok": true}')
+        client = await self.client()
+        await until(lambda: self.cap.protocols, "the connection")
+        sizes = self.countSends()
+        for n in (1, 2, 3):
+            client.transport.write(self.post())
+            await until(lambda: len(self.ended) == n, "the exchange")
+            await until(lambda: client.data.endswith(b'{"ok": true}'), "the answer")
+            self.assertEqual(len(sizes), n)
+            self.assertEqual(sizes[-1], len(client.data))
+            client.data = b""
+        self.assertEqual([e[0] for e in self.ended], [200, 200, 200])
+
+    async def test_streamedEventsLeaveOneSendPerRead(self) -> None:
+        """
+        A stream's head and first event, read together, leave in one
+        C{send(2)}; each later read is one more, each made at once.
+        """
+        self.upstreamFactory.script = lambda up: None
+        client = await self.client()
+        await until(lambda: self.cap.protocols, "the connection")
+        sizes = self.countSends()
+        client.transport.write(self.post())
+        await until(lambda: self.upstreams() and self.upstreams()[0].received == b"",
+                    "the upstream request")
+        up = self.upstreams()[0]
+        up.transport.write(HEAD_SSE + b"9\r\ndata: a\n\n\r\n")
+        await until(lambda: client.data.endswith(b"data: a\n\n\r\n"), "the first event")
+        self.assertEqual(len(sizes), 1)
+        up.transport.write(b"9\r\ndata: b\n\n\r\n")
+        await until(lambda: client.data.endswith(b"data: b\n\n\r\n"), "the second event")
+        self.assertEqual(len(sizes), 2)
+        up.transport.write(b"0\r\n\r\n")
+        await until(lambda: self.ended, "the end of the exchange")
+        await until(lambda: client.data.endswith(b"0\r\n\r\n"), "the last chunk")
+        self.assertEqual(dechunk(client.data), b"data: a\n\ndata: b\n\n")
+        self.assertEqual(sum(sizes), len(client.data))

@@ -165,16 +165,63 @@ class Capture:
         }
 
 
-@attr.s(frozen=True, auto_attribs=True)
-class _Stored:
-    meta: bytes                 # zlib(JSON of path and headers)
-    reqBody: bytes | None       # zlib(body)
-    respBody: bytes | None      # zlib(body)
+#: Bytes counted per header kept for a capture's metadata until it is read
+#: (the names and values, and the pair holding them).
+HEADER_OVERHEAD = 96
 
-    @property
-    def size(self) -> int:
-        return (ITEM_OVERHEAD + len(self.meta) + len(self.reqBody or b"")
-                + len(self.respBody or b""))
+
+def snapshot(headers: Any) -> tuple | None:
+    """
+    @param headers: a Twisted L{Headers}, a mapping, or pairs.
+    @return: its header pairs as they are now, for L{headerMap} when a
+        capture is read (not at every request).
+    """
+    if headers is None:
+        return None
+    return tuple(_pairs(headers))
+
+
+def _metaSize(path: str, *pairs: tuple | None) -> int:
+    """
+    @return: the bytes a capture's metadata is counted as while kept as
+        header pairs: the values' lengths and L{HEADER_OVERHEAD} per header.
+    """
+    size = len(path)
+    for kept in pairs:
+        if kept:
+            size += HEADER_OVERHEAD * len(kept)
+            for _, value in kept:
+                size += len(value[0] if isinstance(value, (list, tuple)) and value else value)
+    return size
+
+
+class _Stored:
+    """
+    One stored capture: its metadata (the path and header pairs, made
+    into header maps when read, or zlib'd JSON of them) and its zlib'd
+    bodies.
+    """
+
+    __slots__ = ("meta", "reqBody", "respBody", "size")
+
+    def __init__(self, meta: bytes | tuple, reqBody: bytes | None, respBody: bytes | None,
+                 metaSize: int | None = None) -> None:
+        self.meta = meta
+        self.reqBody = reqBody
+        self.respBody = respBody
+        self.size = (ITEM_OVERHEAD + (len(meta) if metaSize is None else metaSize)
+                     + len(reqBody or b"") + len(respBody or b""))
+
+    def headers(self) -> tuple[str, dict | None, dict | None]:
+        """
+        @return: the path, and the request and response header maps.
+        """
+        if isinstance(self.meta, tuple):
+            path, req, resp = self.meta
+            return (path, None if req is None else headerMap(req),
+                    None if resp is None else headerMap(resp, drop=("content-encoding",)))
+        meta = json.loads(decompress(self.meta))
+        return meta["p"], meta["q"], meta["r"]
 
 
 def _compressor(level: int = 1):
@@ -309,11 +356,11 @@ class CaptureStore:
         if stored is None:
             return None
         try:
-            meta = json.loads(decompress(stored.meta))
+            path, reqHeaders, respHeaders = stored.headers()
             return Capture(
-                id=captureId, reqPath=meta["p"], reqHeaders=meta["q"],
+                id=captureId, reqPath=path, reqHeaders=reqHeaders,
                 reqBody=None if stored.reqBody is None else decompress(stored.reqBody),
-                respHeaders=meta["r"],
+                respHeaders=respHeaders,
                 respBody=None if stored.respBody is None else decompress(stored.respBody))
         except (zlib.error, ValueError, KeyError):
             _log.failure("failed to decompress capture {id}", id=captureId)
@@ -369,9 +416,9 @@ class CaptureRecorder:
         self.status: int | None = None
         self.bodyBytes = 0
         self._level = level
-        self._reqHeaders = headerMap(reqHeaders) if self.fields & REQ_HEADERS else None
+        self._reqHeaders = snapshot(reqHeaders) if self.fields & REQ_HEADERS else None
         self._reqBody: bytes | None = None
-        self._respHeaders: dict[str, str] | None = None
+        self._respHeaders: tuple | None = None
         self._resp: Any = None
         self._respWanted = False
         self._respRaw: list[bytes] = []
@@ -391,7 +438,7 @@ class CaptureRecorder:
             self.active = False
             return
         if self.active and self.fields & RESP_HEADERS:
-            self._respHeaders = headerMap(headers, drop=("content-encoding",))
+            self._respHeaders = snapshot(headers)
         if self.active and self.fields & RESP_BODY:
             # Kept raw while small; compressed once past SMALL bytes.
             self._respWanted = True
@@ -435,8 +482,9 @@ class CaptureRecorder:
             respBody = b"".join(self._respParts)
         elif self._respWanted:
             respBody = b"\x00" + b"".join(self._respRaw)
-        meta = _meta(self.reqPath, self._reqHeaders, self._respHeaders)
-        stored = _Stored(meta, self._reqBody, respBody)
+        meta = (self.reqPath, self._reqHeaders, self._respHeaders)
+        stored = _Stored(meta, self._reqBody, respBody,
+                         _metaSize(self.reqPath, self._reqHeaders, self._respHeaders))
         self._drop()
         return self.store._put(captureId, stored)
 

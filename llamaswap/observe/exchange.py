@@ -15,6 +15,7 @@ Prometheus series.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -27,22 +28,38 @@ from llamaswap.observe.activity import ActivityLog, ActivityRecord
 from llamaswap.observe.usage import DEFAULT_MAX_JSON_BYTES, NO_TOKENS, UsageMeter
 
 
-def _header(headers: Any, name: bytes) -> str:
-    if headers is None:
-        return ""
-    if hasattr(headers, "getRawHeaders"):
-        values = headers.getRawHeaders(name) or []
-        value = values[0] if values else b""
-    else:
-        value = b""
-        for key, found in dict(headers).items():
-            key = key.encode("latin-1") if isinstance(key, str) else key
-            if key.lower() == name:
-                value = found[0] if isinstance(found, (list, tuple)) and found else found
-                break
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else b""
     if isinstance(value, bytes):
         return value.decode("latin-1")
     return str(value or "")
+
+
+def _contentHeaders(headers: Any) -> tuple[str, str]:
+    """
+    @param headers: a Twisted L{Headers}, a mapping, or C{(name, value)}
+        pairs (the upstream client's, names lower-case).
+    @return: the first C{Content-Type} and C{Content-Encoding} values, or
+        C{""} each.
+    """
+    if headers is None:
+        return "", ""
+    if hasattr(headers, "getRawHeaders"):
+        return (_text(headers.getRawHeaders(b"content-type")),
+                _text(headers.getRawHeaders(b"content-encoding")))
+    contentType = encoding = None
+    for key, found in (headers.items() if isinstance(headers, Mapping) else headers):
+        if isinstance(key, str):
+            key = key.encode("latin-1")
+        if key != b"content-type" and key != b"content-encoding":
+            key = key.lower()
+        if key == b"content-type":
+            if contentType is None:
+                contentType = _text(found)
+        elif key == b"content-encoding" and encoding is None:
+            encoding = _text(found)
+    return contentType or "", encoding or ""
 
 
 class ExchangeMeter:
@@ -109,13 +126,13 @@ class ExchangeMeter:
             return
         self.timer.firstByte()
         self.status = int(status)
-        self.contentType = _header(headers, b"content-type")
+        self.contentType, encoding = _contentHeaders(headers)
         if self._recorder is not None:
             self._recorder.response(self.status, headers)
         if self.status == 200:
             recorder = self._recorder
             self._meter = UsageMeter(
-                self.path, self.contentType, _header(headers, b"content-encoding"),
+                self.path, self.contentType, encoding,
                 maxJSONBytes=self.maxJSONBytes,
                 onDecoded=recorder.data if recorder is not None and recorder.active else None)
 

@@ -28,6 +28,7 @@ from twisted.logger import (
     PredicateResult,
     globalLogPublisher,
 )
+from twisted.python import threadable
 
 from llamaswap.interfaces import IRouterReport
 from llamaswap.observe.captures import CaptureStore
@@ -52,31 +53,59 @@ from llamaswap.observe.activity import ActivityLog
 
 class CoalescedFlush:
     """
-    A file whose C{flush} is done once, C{delay} seconds after the first
-    call since the last real flush (and at reactor shutdown): lines written
-    in one burst leave in one C{write(2)}.
+    A text file written in bursts: the lines written to it are held and
+    written (and the file flushed) together, C{delay} seconds after the
+    first C{flush} since the last real one, at once when C{limit}
+    characters are held, and at reactor shutdown.  Under load the access
+    log's lines then leave in one C{write(2)} per burst, whether or not the
+    file itself is buffered (with C{PYTHONUNBUFFERED}, as under many service
+    managers, each write would be one).
     """
 
-    def __init__(self, wrapped, reactor, delay: float = 0.005) -> None:
+    def __init__(self, wrapped, reactor, delay: float = 0.005, limit: int = 65536) -> None:
         self.wrapped = wrapped
         self.reactor = reactor
         self.delay = delay
+        self.limit = limit
         self._pending = None
+        self._held: list[str] = []
+        self._size = 0
         trigger = getattr(reactor, "addSystemEventTrigger", None)
         if trigger is not None:
             trigger("after", "shutdown", self.flushNow)
 
     def write(self, data) -> Any:
-        return self.wrapped.write(data)
+        self._held.append(data)
+        self._size += len(data)
+        if self._size >= self.limit:
+            self._drain()
+        return len(data)
 
     def flush(self) -> None:
         if self._pending is None:
+            ioThread = threadable.ioThread
+            if ioThread is not None and ioThread != threadable.getThreadID():
+                # Not the reactor's thread: no timer can be set from here.
+                self.flushNow()
+                return
             self._pending = self.reactor.callLater(self.delay, self.flushNow)
 
+    def _drain(self) -> None:
+        held, self._held, self._size = self._held, [], 0
+        if held:
+            try:
+                self.wrapped.write("".join(held))
+            except (OSError, ValueError):
+                pass
+
     def flushNow(self) -> None:
+        """
+        Write and flush what is held now.
+        """
         pending, self._pending = self._pending, None
         if pending is not None and pending.active():
             pending.cancel()
+        self._drain()
         try:
             self.wrapped.flush()
         except (OSError, ValueError):
@@ -289,6 +318,10 @@ class Observatory(Service):
         for original, shaped in self._shaped:
             self._publisher.removeObserver(shaped)
             self._publisher.addObserver(original)
+            outFile = getattr(original, "_outFile", None)
+            if isinstance(outFile, CoalescedFlush):
+                outFile.flushNow()
+                original._outFile = outFile.wrapped
         self._shaped = []
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -432,8 +465,23 @@ class Observatory(Service):
     def failed(self, modelId: str, failure: dict) -> None:
         self._update(modelId, failure=failure, progress=None)
 
+    def _set(self, modelId: str, field: str, value: Any) -> bool:
+        """
+        Set one runtime field of C{modelId} (what L{_update} does, for the
+        reports every request makes).
+
+        @return: whether it changed.
+        """
+        record = self._runtime.get(modelId)
+        if record is None:
+            record = self._runtime[modelId] = {}
+        old = record.get(field, RUNTIME_DEFAULTS.get(field))
+        record[field] = value
+        return old != value
+
     def inFlight(self, modelId: str, count: int, total: int) -> None:
-        self._update(modelId, inFlight=count)
+        if self._set(modelId, "inFlight", count) and self.bus.listening:
+            self.bus.publish("modelStatus", self.modelStatus())
         if total != self._inflight:
             self._inflight = total
             self.bus.publish("inflight", {"total": total})
@@ -443,7 +491,10 @@ class Observatory(Service):
         self._update(modelId, queued=queued)
 
     def idle(self, modelId: str, lastUsed: Optional[float], unloadAt: Optional[float]) -> None:
-        self._update(modelId, lastUsed=lastUsed, unloadAt=unloadAt)
+        changed = self._set(modelId, "lastUsed", lastUsed)
+        if self._set(modelId, "unloadAt", unloadAt) or changed:
+            if self.bus.listening:
+                self.bus.publish("modelStatus", self.modelStatus())
 
     def progress(self, modelId: str, progress: Optional[dict]) -> None:
         """

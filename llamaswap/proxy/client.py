@@ -37,6 +37,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
+from llamaswap.proxy.sending import sendNow
 
 HeaderPairs = Sequence[tuple[bytes, bytes]]
 
@@ -260,9 +261,19 @@ class _Connection(Protocol):
             return
         self.received = True
         self._last = self.clock.seconds()
-        if self.headersDone:
-            self._body(data)
-            return
+        sink = exchange.sink
+        # What this read makes the sink write to its client leaves in one
+        # go, at the end of the read.
+        sink.readStarted()
+        try:
+            if self.headersDone:
+                self._body(data)
+            else:
+                self._headAndBody(data, exchange)
+        finally:
+            sink.readEnded()
+
+    def _headAndBody(self, data: bytes, exchange: _Exchange) -> None:
         self.buffer += data
         while not self.headersDone:
             end = self.buffer.find(b"\r\n\r\n")
@@ -476,44 +487,6 @@ class _Connection(Protocol):
         what = "before answering" if before else "mid-response"
         self._fail(ResponseFailed(f"upstream closed the connection {what}:"
                                   f" {reason.getErrorMessage()}", beforeResponse=before))
-
-
-def flushNow(transport) -> None:
-    """
-    Send what C{transport} buffered now rather than when the reactor next
-    polls: under load one reactor iteration relays many streams, and the
-    first bytes of an exchange (its request, its response head, its first
-    chunk) should not wait a whole iteration at each hop.  A failure is
-    left for the reactor to find (the data stays buffered, the socket
-    stays registered for writing).
-    """
-    doWrite = getattr(transport, "doWrite", None)
-    if doWrite is not None and getattr(transport, "connected", False) and \
-            not getattr(transport, "disconnecting", False):
-        doWrite()
-
-
-def sendNow(transport, data: bytes) -> None:
-    """
-    Write C{data} to C{transport}, sent at once when nothing is buffered
-    before it: one C{send(2)}, without registering the socket for writing
-    and removing it again.  What is not sent at once (a full socket, an
-    error, a transport that is not a plain TCP one) is left to
-    C{transport.write}.
-    """
-    sock = getattr(transport, "socket", None)
-    if sock is None or getattr(transport, "_tempDataBuffer", True) or \
-            getattr(transport, "dataBuffer", True) or not getattr(transport, "connected", False) \
-            or getattr(transport, "disconnecting", True) or getattr(transport, "TLS", False):
-        transport.write(data)
-        flushNow(transport)
-        return
-    try:
-        sent = sock.send(data)
-    except OSError:
-        sent = 0  # EAGAIN, EINTR or a failure: the reactor's write finds it
-    if sent < len(data):
-        transport.write(data[sent:])
 
 
 class _BodyConsumer:

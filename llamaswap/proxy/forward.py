@@ -53,6 +53,7 @@ class Forwarder:
         self.observatory = observatory
         self.writeError = writeError
         self._limits: dict[Any, Limits] = {}
+        self._lastLimits: tuple[Any, Limits] | None = None
 
     def limits(self, timeouts) -> Limits:
         """
@@ -60,11 +61,17 @@ class Forwarder:
         """
         if timeouts is None:
             return Limits()
+        # By identity first: a model's timeouts are one object until a
+        # reload, and hashing it takes every field.
+        known = self._lastLimits
+        if known is not None and known[0] is timeouts:
+            return known[1]
         limits = self._limits.get(timeouts)
         if limits is None:
             limits = self._limits[timeouts] = Limits(
                 responseHeader=timeouts.responseHeader,
                 idle=getattr(timeouts, "responseIdle", 0))
+        self._lastLimits = (timeouts, limits)
         return limits
 
     def toModel(self, request, lease, model, upstreamPath: bytes,

@@ -33,7 +33,8 @@ from zope.interface import implementer
 from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
 from llamaswap.interfaces import IResponseSink
 from llamaswap.observe.usage import filterAcceptEncoding
-from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool, flushNow
+from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
+from llamaswap.proxy.sending import flushNow
 
 HOP_BY_HOP = frozenset(
     {
@@ -147,7 +148,8 @@ class UpstreamClients:
         """
         entry = self._pools.get(key)
         origin = _origin(url)
-        if entry is not None and entry[0] == origin and entry[2] == timeouts:
+        if entry is not None and entry[0] == origin and (entry[2] is timeouts
+                                                       or entry[2] == timeouts):
             return entry[1]
         if entry is not None:
             entry[1].close()
@@ -304,6 +306,8 @@ class _Relay:
         self.registered = False
         self.first = False
         self.exchange: Any = None
+        # The client transport holding this read's writes, if it can.
+        self.held: Any = None
 
     # -- IResponseSink ---------------------------------------------------
 
@@ -353,7 +357,29 @@ class _Relay:
                 self.first = False
                 self._flush()
 
-    def _flush(self) -> None:
+    def readStarted(self) -> None:
+        if self.gone or self.held is not None:
+            return
+        transport = getattr(getattr(self.request, "channel", None), "transport", None)
+        gather = getattr(transport, "gather", None)
+        if gather is not None and gather():
+            self.held = transport
+
+    def readEnded(self) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            held.release()
+
+    def _flush(self, last: bool = False) -> None:
+        """
+        Send what was written to the client now: at the end of the read
+        when writes are held (at once if this is the C{last} of them), else
+        straight from the transport's buffer.
+        """
+        if self.held is not None:
+            if last:
+                self.readEnded()
+            return
         channel = getattr(self.request, "channel", None)
         transport = getattr(channel, "transport", None)
         if transport is not None:
@@ -367,10 +393,11 @@ class _Relay:
             if not self.gone:
                 self.gone = True
                 self.request.finish()
-                self._flush()  # the answer's last bytes leave now
+                self._flush(last=True)  # the answer's last bytes leave now
             self._end(self.status, None)
             return
         self._failed(reason)
+        self.readEnded()
 
     # -- the rest ----------------------------------------------------------
 
