@@ -13,6 +13,7 @@ twistd's usage text.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -362,6 +363,29 @@ class StartupGuard(MultiService):
         raise SystemExit(1)
 
 
+#: The cyclic collector's first-generation threshold in the daemon
+#: (Python's default is 700).
+GC_FIRST_GENERATION = 10000
+
+
+def tuneCollector() -> tuple[int, int, int]:
+    """
+    Collect the youngest generation every L{GC_FIRST_GENERATION} net
+    allocations instead of 700.  A relayed request's objects are freed by
+    reference counting, not by the collector: under load the collections
+    (7 % of the daemon's CPU by perf, 16 connections of small chats) mostly
+    rescan what the requests in flight hold and free nothing.  Fewer of
+    them cost about 2.5 % less CPU per request (bench/README.md).  The
+    older generations keep their thresholds.
+
+    @return: the thresholds before.
+    """
+    before = gc.get_threshold()
+    if before[0] and before[0] < GC_FIRST_GENERATION:
+        gc.set_threshold(GC_FIRST_GENERATION, *before[1:])
+    return before
+
+
 def makeService(options: Options) -> IService:
     """
     @return: the root service of llamaswap for the parsed C{options},
@@ -372,6 +396,7 @@ def makeService(options: Options) -> IService:
     from llamaswap.listening import raiseOpenFilesLimit
     from llamaswap.service import makeRootService
 
+    tuneCollector()
     before, after = raiseOpenFilesLimit()
     if after != before:
         log.info("open files limit raised from {before} to {after}", before=before, after=after)

@@ -3,6 +3,7 @@ Tests for L{llamaswap.tap} and the twistd plugin: options, the default
 config, endpoint descriptions, start-up errors and the service tree.
 """
 
+import gc
 import io
 import os
 import sys
@@ -18,12 +19,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from llamaswap.config import loadConfig
 from llamaswap.service import makeRootService
 from llamaswap.tap import (
+    GC_FIRST_GENERATION,
     Options,
     StartupError,
     StartupGuard,
     bundledConfigPath,
     endpointParameters,
     listenDescription,
+    tuneCollector,
 )
 from tests.fakes import writeCertificate
 
@@ -280,3 +283,28 @@ class PluginTests(SynchronousTestCase):
     def test_pluginIsDiscovered(self):
         [plugin] = [p for p in getPlugins(IServiceMaker) if p.tapname == "llamaswap"][:1]
         self.assertEqual(plugin.options, Options)
+
+
+class CollectorTests(SynchronousTestCase):
+    """
+    L{tuneCollector}: the daemon's youngest generation is collected
+    less often; the other thresholds, and a disabled collector, stay.
+    """
+
+    def setUp(self) -> None:
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+
+    def test_firstGenerationRaised(self) -> None:
+        gc.set_threshold(700, 10, 10)
+        self.assertEqual(tuneCollector(), (700, 10, 10))
+        self.assertEqual(gc.get_threshold(), (GC_FIRST_GENERATION, 10, 10))
+
+    def test_higherOrDisabledIsKept(self) -> None:
+        gc.set_threshold(50000, 10, 10)
+        tuneCollector()
+        self.assertEqual(gc.get_threshold(), (50000, 10, 10))
+        gc.set_threshold(0, 10, 10)
+        tuneCollector()
+        self.assertEqual(gc.get_threshold(), (0, 10, 10))
+
