@@ -37,6 +37,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -121,16 +122,31 @@ class Proxy:
     A proxy in a child process, started with C{argv}, serving on C{port}.
     """
 
-    def __init__(self, name: str, argv: list[str], port: int) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, own: bool = True) -> None:
+        """
+        @param own: whether C{argv} runs this checkout's llamaswap.  Any
+            other proxy runs in an empty directory, with the environment
+            as it is: a C{python -c} command puts its working directory
+            first on C{sys.path}, so one run from this checkout would
+            import this checkout's llamaswap, whatever its C{PYTHONPATH}.
+        """
         self.name = name
         self.argv = argv
         self.port = port
+        self.own = own
         self.process: subprocess.Popen | None = None
+        self.scratch: str | None = None
         self.log = tempfile.TemporaryFile()
 
     async def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-        self.process = subprocess.Popen(self.argv, env=env, cwd=ROOT, stdout=self.log,
+        if self.own:
+            env = dict(os.environ,
+                       PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+            cwd = ROOT
+        else:
+            env, cwd = dict(os.environ), tempfile.mkdtemp(prefix="llamaswap-bench-")
+            self.scratch = cwd
+        self.process = subprocess.Popen(self.argv, env=env, cwd=cwd, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(600):
             try:
@@ -156,6 +172,9 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 async def measure(port: int, pid: int | None, args, profile: str | None = None) -> dict:
@@ -256,7 +275,7 @@ async def main(args) -> None:
                 port = freePort()
                 argv = [a.replace("{port}", str(port)).replace("{config}", config.name)
                         for a in template]
-                proxy = Proxy(name, argv, port)
+                proxy = Proxy(name, argv, port, own=name == "llamaswap")
                 await proxy.start()
                 try:
                     found["direct"] = await measure(upstream, None, args)
