@@ -86,7 +86,7 @@ class OwnLogTests(SynchronousTestCase):
         events = [dict(log_format="line {n}", n=n, log_time=now + n * 0.4,
                        log_namespace="x", log_level=LogLevel.info) for n in range(6)]
         # Events that carry their line already formatted (the access log's)
-        # are written the same way.
+        # are written the same way, without formatting them again.
         events += [
             dict(log_format="{line}", line='Request 1.2.3.4 "GET / HTTP/1.1" 200',
                  log_time=now + 3, log_namespace="llamaswap.access",

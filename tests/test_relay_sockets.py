@@ -6,6 +6,9 @@ L{AccessLoggingSite}, and a raw client.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -18,6 +21,7 @@ from llamaswap.listening import ConnectionCap
 from llamaswap.observe.activity import ActivityLog
 from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.proxy.client import Limits
+from llamaswap.proxy import relay as relayModule
 from llamaswap.proxy.relay import RelayResource, UpstreamClients
 from llamaswap.web.errors import toError, writeError
 from llamaswap.web.site import AccessLoggingSite
@@ -199,6 +203,34 @@ class RelaySocketTests(TestCase):
         self.assertEqual(self.ended[0][0], 200)
         await until(lambda: client.data.endswith(b"0\r\n\r\n"), "the client's last chunk")
         self.assertEqual(dechunk(client.data), events)
+
+    async def test_anEndedExchangeIsFreedWithoutTheCollector(self) -> None:
+        """
+        An exchange that has ended leaves nothing in a reference cycle: its
+        relay, and the request, meter and exchange objects it holds, are
+        freed by reference counting at once (the collector stays off here).
+        """
+        relays: list[weakref.ref] = []
+
+        class Watched(relayModule._Relay):
+            def __init__(self, *args) -> None:
+                super().__init__(*args)
+                relays.append(weakref.ref(self))
+
+        self.patch(relayModule, "_Relay", Watched)
+        self.upstreamFactory.script = lambda up: ok(b'{"ok": true}')
+        client = await self.client()
+        wasEnabled = gc.isenabled()
+        gc.disable()
+        if wasEnabled:
+            self.addCleanup(gc.enable)
+        for n in (1, 2, 3):
+            client.transport.write(self.post())
+            await until(lambda: len(self.ended) == n, "the exchange")
+            await until(lambda: client.data.count(b'{"ok": true}') == n, "the answer")
+        await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(relays), 3)
+        self.assertEqual([ref() for ref in relays], [None, None, None])
 
     async def test_keepAliveConnectionIsReused(self) -> None:
         self.upstreamFactory.script = lambda up: ok(b"{}")

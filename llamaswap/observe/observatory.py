@@ -42,7 +42,7 @@ from llamaswap.observe.events import (
 )
 from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.observe.gpu import NvmlProbe
-from llamaswap.observe.logs import LogHub, isUpstreamOutput
+from llamaswap.observe.logs import LogHub, isUpstreamOutput, preformatted
 from llamaswap.observe.logstream import LogStreams
 from llamaswap.observe.performance import PerformanceMonitor
 from llamaswap.observe.prom import Metrics, MetricsResource
@@ -196,8 +196,19 @@ def classicLogLine(event: dict) -> str | None:
     """
     @return: what twistd's text log observer writes for C{event}
         (L{formatEventAsClassicLogText} with its default time format).
+        An event that carries its message formatted already (the access
+        log's, one per request) is laid out here, without formatting it
+        again: twisted's formatter parses the format string of every event.
     """
-    return formatEventAsClassicLogText(event, formatTime=_secondStamp)
+    text = preformatted(event)
+    if text is None:
+        return formatEventAsClassicLogText(event, formatTime=_secondStamp)
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    text = f"{_secondStamp(event.get('log_time'))} [{system}] {text}"
+    return text.replace("\n", "\n\t") + "\n"
 
 
 def staticFacts(config, modelId: str) -> dict[str, Any]:

@@ -421,6 +421,11 @@ class _Relay:
             else:
                 meter.done(status if status is not None else (clientStatus or 502))
         self.resource.onDone(self.status, failure)
+        # The exchange refers back to this relay (its sink): without this
+        # cycle, the request's objects are freed by reference counting as
+        # soon as it ends, not by the collector later (under load the
+        # collector's runs over them cost a tenth of a request's CPU).
+        self.exchange = None
 
     def _failed(self, f: Failure) -> None:
         resource = self.resource
