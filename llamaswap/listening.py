@@ -12,6 +12,7 @@ probes, C{/health}): idle or trickling clients cannot take them all.
 from __future__ import annotations
 
 import json
+import re
 import resource
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -192,6 +193,15 @@ class ConnectionCap(WrappingFactory):
             )
 
 
+#: A header name (an RFC 9110 token), matched whole.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A byte twisted.web refuses in a request target.
+_BAD_TARGET = re.compile(rb"[^\x21-\xb0]")
+#: Headers after which a request takes twisted.web's own parser: framing
+#: and continuation it handles, and a connection it closes after.
+_PARSER_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"connection"})
+
+
 class HeadDeadlineChannel(HTTPChannel):
     """
     An L{HTTPChannel} that gives every request head a deadline of its own:
@@ -199,6 +209,15 @@ class HeadDeadlineChannel(HTTPChannel):
     C{headDeadline} seconds.  (The idle timeout alone is no defence: each
     byte of a trickled head resets it.)  A head that misses it gets a 408
     and the connection is closed.
+
+    A plain request that arrives whole in one read (the usual inference
+    POST: an HTTP/1.1 head of ordinary headers and a body of the
+    C{Content-Length} it gives, within the site's C{bodyLimit}) is taken
+    apart in one step (L{_wholeRequest}) instead of line by line: the same
+    L{Request}, the same headers and body, at a fraction of the parser's
+    cost.  Anything else (a head or body split across reads, chunked
+    framing, C{Expect}, C{Connection}, a malformed line, an oversized body)
+    goes to twisted.web's parser, which answers it as it always does.
     """
 
     headDeadline = HEAD_DEADLINE
@@ -226,11 +245,84 @@ class HeadDeadlineChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         fresh = self._headTimer is None and self.line_mode and not self._handlingRequest
+        if fresh and not self._buffer and not self._receivedHeaderSize and self.persistent \
+                and not self._lost and self._wholeRequest(data):
+            return
         super().dataReceived(data)
         # A head that arrived whole in this read needs no timer; one still
         # arriving has its deadline from now.
         if fresh and self._headTimer is None and self._inHead():
             self._headTimer = self.callLater(self.headDeadline, self._headTimedOut)
+
+    def _wholeRequest(self, data: bytes) -> bool:
+        """
+        Take C{data} as one whole request, as the line parser would have:
+        its L{Request} made, its headers and body given to it, the channel
+        then handling it (bytes after it kept for later), and the request
+        received.
+
+        @return: whether C{data} was such a request; when not, nothing has
+            changed and the line parser is to have it.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > self.totalHeadersSize:
+            return False
+        head = data[:end]
+        # No bare CR or LF, and no NUL, anywhere in the head.
+        crlf = head.count(b"\r\n")
+        if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
+            return False
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            return False
+        command, target, version = parts
+        if command != b"POST" or version != b"HTTP/1.1" or not target \
+                or _BAD_TARGET.search(target) is not None:
+            return False
+        if len(lines) > self.maxHeaders + 1:
+            return False
+        pairs = []
+        length = 0
+        seenLength = False
+        match = _TOKEN.fullmatch
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or match(name) is None:
+                return False  # also a continuation line (it starts with a space)
+            value = value.strip(b" \t")
+            lower = name.lower()
+            if lower in _PARSER_HEADERS:
+                if lower != b"content-length" or seenLength or not value.isdigit():
+                    return False
+                seenLength = True
+                length = int(value)
+            pairs.append((name, value))
+        total = end + 4 + length
+        if len(data) < total:
+            return False  # the body arrives in later reads
+        limit = getattr(getattr(self, "site", None), "bodyLimit", None)
+        if limit is not None and length > limit:
+            return False  # refused (413) as the line parser's request does
+        self.resetTimeout()
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        headers = request.requestHeaders
+        for name, value in pairs:
+            headers.addRawHeader(name, value)
+        request.parseCookies()
+        request.gotLength(length)
+        if length:
+            request.handleContentChunk(data[end + 4:total])
+        # What allContentReceived does once a body has ended.
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        if len(data) > total:
+            self._dataBuffer.append(data[total:])  # the next request, for later
+        request.requestReceived(command, target, version)
+        return True
 
     def _inHead(self) -> bool:
         """

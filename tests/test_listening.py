@@ -9,6 +9,7 @@ import json
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -123,6 +124,129 @@ class HeadDeadlineTests(SynchronousTestCase):
     def test_daemonSiteHasTheDeadline(self) -> None:
         site = AccessLoggingSite(Resource(), clock=self.clock)
         self.assertIs(type(site).protocol, headDeadlineProtocol)
+
+
+class Recorder(Resource):
+    """
+    Answers C{ok} (C{post}) and keeps what twisted.web made of each request.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+
+    def render(self, request) -> bytes:
+        self.seen.append((
+            request.method, request.uri, request.path, request.args, request.clientproto,
+            sorted(request.requestHeaders.getAllRawHeaders()), request.content.read(),
+            request.received_cookies))
+        return b"ok"
+
+
+class WholeRequestTests(SynchronousTestCase):
+    """
+    A plain request that arrives whole is taken apart in one step: the
+    resource sees exactly what the line parser would have given it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.recorder = Recorder()
+        self.site = AccessLoggingSite(self.recorder, clock=self.clock)
+        self.site.reactor = self.clock
+        self.site.bodyLimit = 64
+        self.site.accessLog = Logger(observer=lambda event: None)
+
+    def connect(self, lineParser: bool = True):
+        protocol = self.site.buildProtocol(ADDRESS)
+        transport = StringTransport(peerAddress=ADDRESS)
+        protocol.makeConnection(transport)
+        if not lineParser:
+            def refused(line: bytes) -> None:
+                raise AssertionError(f"the line parser got {line!r}")
+            protocol._channel.lineReceived = refused
+        return protocol, transport
+
+    def answers(self, transport) -> list[bytes]:
+        """
+        @return: the responses written, without their C{Date} headers.
+        """
+        lines = transport.value().split(b"\r\n")
+        return [line for line in lines if not line.startswith(b"Date:")]
+
+    REQUESTS = [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: 13\r\nX-Many: a\r\nx-many:  b \r\nCookie: k=v\r\n\r\n"
+        b'{"model":"m"}',
+        b"POST /v1/embeddings?a=1&b=2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /upstream/m/%2Fx HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ]
+
+    def test_wholeRequestIsWhatTheLineParserMakes(self) -> None:
+        for raw in self.REQUESTS:
+            protocol, whole = self.connect(lineParser=False)
+            protocol.dataReceived(raw)
+            protocol, parsed = self.connect()
+            for i in range(len(raw)):
+                protocol.dataReceived(raw[i:i + 1])
+            first, second = self.recorder.seen[-2:]
+            self.assertEqual(first, second, raw)
+            self.assertEqual(self.answers(whole), self.answers(parsed), raw)
+            self.assertIn(b"HTTP/1.1 200 OK", whole.value())
+            self.assertFalse(whole.disconnecting)
+
+    def test_requestsInOneReadAreAnsweredInTurn(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"".join(self.REQUESTS))
+        self.assertEqual([seen[1] for seen in self.recorder.seen],
+                         [b"/v1/chat/completions", b"/v1/embeddings?a=1&b=2",
+                          b"/upstream/m/%2Fx"])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+
+    def test_otherRequestsAreTheLineParsers(self) -> None:
+        """
+        What the one-step path leaves alone is answered as twisted.web
+        always answers it.
+        """
+        post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        protocol.dataReceived(b"{}")
+        self.assertEqual(self.recorder.seen[-1][6], b"{}")
+
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        self.assertEqual(self.recorder.seen[-1][6], b"{}")
+
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b"Content-Length: 65\r\n\r\n" + b"x" * 65)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+
+        for bad in (post + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+                    post + b"Bad\x00Header: x\r\n\r\n",
+                    b"POST /a\xff HTTP/1.1\r\n\r\n"):
+            protocol, transport = self.connect()
+            protocol.dataReceived(bad)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"), bad)
+
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b" folded\r\n\r\n")  # an obsolete continuation line
+        self.assertIn((b"Host", [b"x folded"]), self.recorder.seen[-1][5])
+
+        seen = len(self.recorder.seen)
+        protocol, transport = self.connect()
+        protocol.dataReceived(post + b"Content-Length: 4\r\n\r\n{}")  # body still to come
+        self.assertEqual(len(self.recorder.seen), seen)
+        protocol.dataReceived(b"{}")
+        self.assertEqual(self.recorder.seen[-1][6], b"{}{}")
 
 
 class ConnectionCapTests(SynchronousTestCase):
