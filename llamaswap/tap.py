@@ -372,11 +372,11 @@ def tuneCollector() -> tuple[int, int, int]:
     """
     Collect the youngest generation every L{GC_FIRST_GENERATION} net
     allocations instead of 700.  A relayed request's objects are freed by
-    reference counting, not by the collector: under load the collections
-    (7 % of the daemon's CPU by perf, 16 connections of small chats) mostly
-    rescan what the requests in flight hold and free nothing.  Fewer of
-    them cost about 2.5 % less CPU per request (bench/README.md).  The
-    older generations keep their thresholds.
+    reference counting, not by the collector (the relay leaves no cycle
+    behind): under load the collections mostly rescan what the requests in
+    flight hold and free nothing.  Fewer of them cost about 2.5 % less CPU
+    per request (bench/README.md).  The older generations keep their
+    thresholds.
 
     @return: the thresholds before.
     """

@@ -5,7 +5,7 @@ Tests for L{llamaswap.web.site}: the access-log line of each request.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
@@ -45,6 +45,21 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(event["log_namespace"], "llamaswap.access")
         self.assertEqual((event["ip"], event["status"], event["size"]), ("10.0.0.7", 200, 123))
         self.assertIsInstance(event["log_time"], float)
+
+    def test_theSitesOwnLoggerIsInTheAccessNamespace(self) -> None:
+        """
+        Without a logger given, the access lines go out in the
+        C{llamaswap.access} namespace, from one logger made with the site.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        site = AccessLoggingSite(Resource(), clock=self.clock)
+        self.assertIs(site.accessLog, site.accessLog)
+        site.log(self.request())
+        [event] = [e for e in events if e.get("log_format") == "{line}"]
+        self.assertEqual(event["log_namespace"], "llamaswap.access")
+        self.assertIs(event["log_source"], site)
 
     def test_loggedOnceAnd499WhenTheClientClosed(self) -> None:
         request = self.request()

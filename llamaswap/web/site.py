@@ -90,7 +90,6 @@ class AccessLoggingSite(Site):
     C{/metrics} are not logged (SPEC.md section 3.11).
     """
 
-    accessLog = Logger(namespace="llamaswap.access")
     quietPrefixes = (b"/wol-health", b"/api/performance", b"/metrics")
 
     requestFactory = LlamaSwapRequest
@@ -105,6 +104,9 @@ class AccessLoggingSite(Site):
         # again); llamaswap reads the bodies it needs itself.
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.clock = clock
+        # Made here, not as a class attribute: a Logger read from a class
+        # makes a new Logger on every access, in the class's namespace.
+        self.accessLog = Logger(namespace="llamaswap.access", source=self)
         self.displayTracebacks = False
         self.noisy = False
 
