@@ -198,7 +198,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A byte twisted.web refuses in a request target.
 _BAD_TARGET = re.compile(rb"[^\x21-\xb0]")
 #: Headers after which a request takes twisted.web's own parser: framing
-#: and continuation it handles, and a connection it closes after.
+#: and continuation it handles, and a connection it closes after (any
+#: C{Connection} header but one that keeps it open).
 _PARSER_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"connection"})
 
 
@@ -284,7 +285,7 @@ class HeadDeadlineChannel(HTTPChannel):
             return False
         pairs = []
         length = 0
-        seenLength = False
+        seenLength = seenConnection = False
         match = _TOKEN.fullmatch
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -293,10 +294,18 @@ class HeadDeadlineChannel(HTTPChannel):
             value = value.strip(b" \t")
             lower = name.lower()
             if lower in _PARSER_HEADERS:
-                if lower != b"content-length" or seenLength or not value.isdigit():
+                if lower == b"connection":
+                    # What HTTP clients send to keep the connection, as
+                    # twisted.web reads it (the first header's words):
+                    # no "close".
+                    if seenConnection or b"close" in value.lower().split(b" "):
+                        return False
+                    seenConnection = True
+                elif lower != b"content-length" or seenLength or not value.isdigit():
                     return False
-                seenLength = True
-                length = int(value)
+                else:
+                    seenLength = True
+                    length = int(value)
             pairs.append((name, value))
         total = end + 4 + length
         if len(data) < total:

@@ -182,6 +182,9 @@ class WholeRequestTests(SynchronousTestCase):
         b'{"model":"m"}',
         b"POST /v1/embeddings?a=1&b=2 HTTP/1.1\r\nHost: x\r\n\r\n",
         b"POST /upstream/m/%2Fx HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        # What httpx and requests send.
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
     ]
 
     def test_wholeRequestIsWhatTheLineParserMakes(self) -> None:
@@ -202,8 +205,8 @@ class WholeRequestTests(SynchronousTestCase):
         protocol.dataReceived(b"".join(self.REQUESTS))
         self.assertEqual([seen[1] for seen in self.recorder.seen],
                          [b"/v1/chat/completions", b"/v1/embeddings?a=1&b=2",
-                          b"/upstream/m/%2Fx"])
-        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+                          b"/upstream/m/%2Fx", b"/v1/embeddings"])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 4)
 
     def test_otherRequestsAreTheLineParsers(self) -> None:
         """
@@ -221,10 +224,13 @@ class WholeRequestTests(SynchronousTestCase):
         protocol.dataReceived(post + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
         self.assertEqual(self.recorder.seen[-1][6], b"{}")
 
-        protocol, transport = self.connect()
-        protocol.dataReceived(post + b"Connection: close\r\nContent-Length: 0\r\n\r\n")
-        self.assertIn(b"Connection: close", transport.value())
-        self.assertTrue(transport.disconnecting)
+        for closing in (b"Connection: close\r\n", b"Connection: keep-alive\r\nConnection: close\r\n",
+                        b"Connection: Upgrade CLOSE\r\n"):
+            protocol, transport = self.connect()
+            protocol.dataReceived(post + closing + b"Content-Length: 0\r\n\r\n")
+            self.assertEqual(b"Connection: close" in transport.value(),
+                             b"keep-alive" not in closing, closing)
+            self.assertEqual(transport.disconnecting, b"keep-alive" not in closing, closing)
 
         protocol, transport = self.connect()
         protocol.dataReceived(post + b"Content-Length: 65\r\n\r\n" + b"x" * 65)
