@@ -217,7 +217,7 @@ class HeadDeadlineChannel(HTTPChannel):
     apart in one step (L{_wholeRequest}) instead of line by line: the same
     L{Request}, the same headers and body, at a fraction of the parser's
     cost.  Anything else (a head or body split across reads, chunked
-    framing, C{Expect}, C{Connection}, a malformed line, an oversized body)
+    framing, C{Expect}, C{Connection: close}, a malformed line, an oversized body)
     goes to twisted.web's parser, which answers it as it always does.
     """
 
