@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import socket
 import sys
 from typing import Awaitable, Callable
@@ -37,32 +38,63 @@ def asyncTest(test):
     return wrapper
 
 
-def freePort() -> int:
+#: The lowest port L{freePort} and L{freePortRun} hand out.
+LOWEST_PORT = 10000
+
+
+def _ephemeralLow() -> int:
     """
-    @return: a TCP port on 127.0.0.1 that was free a moment ago.
+    @return: the first port of the kernel's ephemeral range, where it takes
+        the ports of outgoing connections and of binds to port 0.
     """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def freePortRun(count: int) -> int:
     """
     @return: the first of C{count} consecutive ports that were all free a
-        moment ago (for a config's C{startPort}).
+        moment ago (for a config's C{startPort}, or a port bound later).
+
+    The ports come from below the kernel's ephemeral range, at random:
+    nothing else (a test running beside this one, its connections) is
+    handed one of them by the kernel before whatever they are meant for
+    binds them, as happened with ports found by binding port 0.
     """
-    for _ in range(50):
-        first = freePort()
-        if first + count > 65535:
-            continue
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
+    rng = random.SystemRandom()
+    high = _ephemeralLow() - count
+    if high > LOWEST_PORT:
+        for _ in range(200):
+            first = rng.randrange(LOWEST_PORT, high)
+            if all(_bindable(port) for port in range(first, first + count)):
+                return first
+    for _ in range(50):  # no room below the ephemeral range
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + count <= 65535 and all(_bindable(p) for p in range(first, first + count)):
+            return first
     raise RuntimeError("no run of free ports found")
+
+
+def freePort() -> int:
+    """
+    @return: a TCP port on 127.0.0.1 that was free a moment ago (see
+        L{freePortRun}).
+    """
+    return freePortRun(1)
 
 
 def procStat(pid: int) -> tuple[str, int] | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from twisted.web.server import Site
 from llamaswap.upstream import HealthProbe, Launcher, UpstreamMachine
 from llamaswap.upstream.process import UpstreamProcessProtocol, becomeSubreaper
 from tests.fakes import StubModelConfig
+from tests.integration.support import freePort
 
 
 def _procState(pid: int) -> str | None:
@@ -52,12 +52,6 @@ def _procName(pid: int) -> str | None:
 
 def _alive(pid: int) -> bool:
     return _procState(pid) not in (None, "Z", "X", "x")
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _eventually(
@@ -188,7 +182,7 @@ class UpstreamMachineRealTests(TestCase):
         A real HTTP server is seen ready soon after it listens, through the
         real probe; after stop() its port is closed.
         """
-        port = _freePort()
+        port = freePort()
         machine = self.machine(
             id="http",
             argv=(sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)),
@@ -223,7 +217,7 @@ class UpstreamMachineRealTests(TestCase):
             argv=("/nonexistent/llama-server",),
             cmd="/nonexistent/llama-server",
             checkEndpoint="/health",
-            proxy="http://127.0.0.1:{}".format(_freePort()),
+            proxy="http://127.0.0.1:{}".format(freePort()),
         )
 
         async def run() -> None:
@@ -388,7 +382,7 @@ class HealthProbeRealTests(TestCase):
         """
         A refused connection is not ready.
         """
-        url = "http://127.0.0.1:{}/health".format(_freePort())
+        url = "http://127.0.0.1:{}/health".format(freePort())
         return ensureDeferred(self._expectFalse(url))
 
     async def _expectFalse(self, url: str) -> None:
