@@ -213,11 +213,12 @@ class HeadDeadlineChannel(HTTPChannel):
 
     A plain request that arrives whole in one read (the usual inference
     POST: an HTTP/1.1 head of ordinary headers and a body of the
-    C{Content-Length} it gives, within the site's C{bodyLimit}) is taken
-    apart in one step (L{_wholeRequest}) instead of line by line: the same
-    L{Request}, the same headers and body, at a fraction of the parser's
-    cost.  Anything else (a head or body split across reads, chunked
-    framing, C{Expect}, C{Connection: close}, a malformed line, an oversized body)
+    C{Content-Length} it gives) is taken apart in one step
+    (L{_wholeRequest}) instead of line by line: the same L{Request}, given
+    the same headers, length and body in the same order (so a body over the
+    site's limit is refused by the request, as ever), at a fraction of the
+    parser's cost.  Anything else (a head or body split across reads,
+    chunked framing, C{Expect}, C{Connection: close}, a malformed line)
     goes to twisted.web's parser, which answers it as it always does.
     """
 
@@ -310,9 +311,6 @@ class HeadDeadlineChannel(HTTPChannel):
         total = end + 4 + length
         if len(data) < total:
             return False  # the body arrives in later reads
-        limit = getattr(getattr(self, "site", None), "bodyLimit", None)
-        if limit is not None and length > limit:
-            return False  # refused (413) as the line parser's request does
         self.resetTimeout()
         request = self.requestFactory(self, len(self.requests))
         self.requests.append(request)
@@ -320,7 +318,7 @@ class HeadDeadlineChannel(HTTPChannel):
         for name, value in pairs:
             headers.addRawHeader(name, value)
         request.parseCookies()
-        request.gotLength(length)
+        request.gotLength(length)  # a body over the site's limit is refused here
         if length:
             request.handleContentChunk(data[end + 4:total])
         # What allContentReceived does once a body has ended.

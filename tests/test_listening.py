@@ -232,9 +232,14 @@ class WholeRequestTests(SynchronousTestCase):
                              b"keep-alive" not in closing, closing)
             self.assertEqual(transport.disconnecting, b"keep-alive" not in closing, closing)
 
-        protocol, transport = self.connect()
-        protocol.dataReceived(post + b"Content-Length: 65\r\n\r\n" + b"x" * 65)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        # A body over the limit (whole or not) is the request's to refuse.
+        for split in (False, True):
+            protocol, transport = self.connect()
+            raw = post + b"Content-Length: 65\r\n\r\n" + b"x" * 65
+            for piece in ([raw[:-1], raw[-1:]] if split else [raw]):
+                protocol.dataReceived(piece)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), split)
+            self.assertTrue(transport.disconnecting)
 
         for bad in (post + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
                     post + b"Bad\x00Header: x\r\n\r\n",

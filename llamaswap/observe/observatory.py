@@ -451,9 +451,9 @@ class Observatory(Service):
         return {**RUNTIME_DEFAULTS, **self._runtime.get(modelId, {})}
 
     def _update(self, modelId: str, publish: bool = True, **fields: Any) -> None:
-        record = self._runtime.setdefault(modelId, {})
-        changed = any(record.get(k, RUNTIME_DEFAULTS.get(k)) != v for k, v in fields.items())
-        record.update(fields)
+        changed = False
+        for field, value in fields.items():
+            changed = self._set(modelId, field, value) or changed
         if changed and publish and self.bus.listening:
             self.bus.publish("modelStatus", self.modelStatus())
 
@@ -478,8 +478,8 @@ class Observatory(Service):
 
     def _set(self, modelId: str, field: str, value: Any) -> bool:
         """
-        Set one runtime field of C{modelId} (what L{_update} does, for the
-        reports every request makes).
+        Set one runtime field of C{modelId} (L{_update} sets several; the
+        reports every request makes set one or two, without its keywords).
 
         @return: whether it changed.
         """
