@@ -12,6 +12,8 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from treq.testing import RequestTraversalAgent
 
+from llamaswap.config.model import TimeoutsConfig
+from llamaswap.proxy.forward import Forwarder
 from llamaswap.proxy.relay import RelayResource, endToEnd
 from llamaswap.web.errors import toError, writeError
 
@@ -224,3 +226,40 @@ class StaleConnectionTests(SynchronousTestCase):
         request, ended = self.relayThrough(Refusing())
         self.assertEqual(len(calls), 1)
         self.assertEqual(request.responseCode, 502)
+
+
+class ForwarderLimitsTests(SynchronousTestCase):
+    """
+    L{Forwarder.limits}: the L{Limits} of a model's timeouts.
+    """
+
+    def forwarder(self):
+        return Forwarder(clients=None, clock=None, observatory=None, writeError=None)
+
+    def test_oneTimeoutsObjectHasOneLimits(self):
+        """
+        The same timeouts object gives the same L{Limits} each time, made
+        from its C{responseHeader} and C{responseIdle}.
+        """
+        forwarder = self.forwarder()
+        timeouts = TimeoutsConfig(responseHeader=7, responseIdle=9)
+        limits = forwarder.limits(timeouts)
+        self.assertIs(forwarder.limits(timeouts), limits)
+        self.assertEqual((limits.responseHeader, limits.idle), (7, 9))
+
+    def test_reloadedTimeoutsGetTheirOwnLimits(self):
+        """
+        A reload's new timeouts object gets limits of its own values, even
+        while the old one is still cached.
+        """
+        forwarder = self.forwarder()
+        forwarder.limits(TimeoutsConfig(responseHeader=7))
+        limits = forwarder.limits(TimeoutsConfig(responseHeader=3))
+        self.assertEqual(limits.responseHeader, 3)
+
+    def test_noTimeoutsNoLimits(self):
+        """
+        Without timeouts (a peer without any), nothing is limited.
+        """
+        limits = self.forwarder().limits(None)
+        self.assertEqual((limits.responseHeader, limits.idle), (0, 0))

@@ -26,6 +26,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from llamaswap.demo.media import Form, FormError, readForm
 
+#: A class attribute would log under its class's name, whatever namespace
+#: it was given (a Logger read from a class is made anew for that class).
+_log = Logger(namespace="llamaswap.demo")
+
 #: Request bodies larger than this are refused with 413.
 MAX_BODY = 16 * 1024 * 1024
 
@@ -132,7 +136,6 @@ class DemoBase:
     # Exact paths only: no trailing-slash or double-slash redirects.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
-    log = Logger(namespace="llamaswap.demo")
 
     def __init__(
         self,
@@ -195,7 +198,7 @@ class DemoBase:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self.log.failure("Unhandled error answering {path}", failure,
+        _log.failure("Unhandled error answering {path}", failure,
                          path=request.path.decode("utf-8", "replace"))
         return self._error(request, 500, "Internal error", "server_error")
 

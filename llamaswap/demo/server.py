@@ -48,6 +48,8 @@ from llamaswap.demo.text import (
 __all__ = ["DemoServer", "DemoSettings", "DemoError", "MAX_BODY"]
 
 
+_log = Logger(namespace="llamaswap.demo")
+
 class DemoServer(MediaRoutes):
     """
     The demo inference server.  L{resource} is what a L{twisted.web.server.Site}
@@ -704,7 +706,6 @@ class _Envelope(Resource):
     """
 
     isLeaf = True
-    log = Logger(namespace="llamaswap.demo")
 
     def __init__(self, server: DemoServer, inner: IResource, clock: IReactorTime) -> None:
         super().__init__()
@@ -721,7 +722,7 @@ class _Envelope(Resource):
         request.setHeader(b"x-demo-pid", self._pid)
 
         def logged(result: object) -> None:
-            self.log.info(
+            _log.info(
                 "{method} {path} {code} {ms:.1f}ms{note}",
                 method=request.method.decode("latin-1"),
                 path=request.uri.decode("utf-8", "replace"),

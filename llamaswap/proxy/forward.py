@@ -52,8 +52,9 @@ class Forwarder:
         self.clock = clock
         self.observatory = observatory
         self.writeError = writeError
-        self._limits: dict[Any, Limits] = {}
-        self._lastLimits: tuple[Any, Limits] | None = None
+        # id(timeouts) -> (timeouts, its Limits): a model's timeouts are one
+        # object until a reload (hashing one by value takes every field).
+        self._limits: dict[int, tuple[Any, Limits]] = {}
 
     def limits(self, timeouts) -> Limits:
         """
@@ -61,17 +62,14 @@ class Forwarder:
         """
         if timeouts is None:
             return Limits()
-        # By identity first: a model's timeouts are one object until a
-        # reload, and hashing it takes every field.
-        known = self._lastLimits
+        known = self._limits.get(id(timeouts))
         if known is not None and known[0] is timeouts:
             return known[1]
-        limits = self._limits.get(timeouts)
-        if limits is None:
-            limits = self._limits[timeouts] = Limits(
-                responseHeader=timeouts.responseHeader,
-                idle=getattr(timeouts, "responseIdle", 0))
-        self._lastLimits = (timeouts, limits)
+        if len(self._limits) >= 1024:
+            self._limits.clear()  # reloads made new timeouts objects
+        limits = Limits(responseHeader=timeouts.responseHeader,
+                        idle=getattr(timeouts, "responseIdle", 0))
+        self._limits[id(timeouts)] = (timeouts, limits)
         return limits
 
     def toModel(self, request, lease, model, upstreamPath: bytes,

@@ -36,6 +36,10 @@ from llamaswap.observe.usage import filterAcceptEncoding
 from llamaswap.proxy.client import NO_LIMITS, Limits, ResponseFailed, UpstreamPool
 from llamaswap.proxy.sending import flushNow
 
+#: A class attribute would log under its class's name, whatever namespace
+#: it was given (a Logger read from a class is made anew for that class).
+_log = Logger(namespace="llamaswap.proxy.relay")
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -294,7 +298,6 @@ class _Relay:
     One exchange: the upstream's response written to the client request.
     """
 
-    log = Logger(namespace="llamaswap.proxy.relay")
 
     def __init__(self, resource: RelayResource, request) -> None:
         self.resource = resource
@@ -437,7 +440,7 @@ class _Relay:
         if self.status is not None:
             # Mid-stream: cut the connection rather than end cleanly, so
             # the client sees a failure and not a truncated success.
-            self.log.warn("[{model}] upstream failed mid-response: {why}",
+            _log.warn("[{model}] upstream failed mid-response: {why}",
                           model=resource.modelId, why=f.getErrorMessage())
             self._end(self.status, f)
             self.gone = True
@@ -445,7 +448,7 @@ class _Relay:
             if transport is not None:
                 transport.abortConnection()
             return
-        self.log.warn("[{model}] upstream {what}: {why}", model=resource.modelId,
+        _log.warn("[{model}] upstream {what}: {why}", model=resource.modelId,
                       what="timed out" if timedOut else "unreachable", why=f.getErrorMessage())
         self._end(None, f, clientStatus=504 if timedOut else 502)
         self.gone = True
