@@ -45,7 +45,7 @@ class _Housekeeping(Service):
     """
 
     log = Logger()
-    name = "housekeeping"
+    name = "housekeeping"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, launcher: Launcher, agents: UpstreamClients, probe: HealthProbe) -> None:
         self._launcher = launcher
@@ -104,13 +104,13 @@ class _ReloadTriggers(Service):
     """
 
     log = Logger()
-    name = "reload-triggers"
+    name = "reload-triggers"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, owner: "LlamaSwapService", watch: bool, interval: float = 2.0) -> None:
         self.owner = owner
         self.watch = watch
         self.interval = interval
-        self._previousHandler = None
+        self._previousHandler: Any = None  # what signal.signal gave back
         self._loop: LoopingCall | None = None
         self._seen: tuple | None = None
 
@@ -144,9 +144,13 @@ class _ReloadTriggers(Service):
     def _check(self) -> Deferred[None]:
         reactor = self.owner.reactor
 
+        path = self.owner.configPath
+
         def stat() -> tuple | None:
+            if path is None:
+                return None
             try:
-                info = os.stat(self.owner.configPath)
+                info = os.stat(path)
             except OSError:
                 return None
             return (info.st_mtime_ns, info.st_size, info.st_ino)
@@ -169,7 +173,7 @@ class _ShutdownSignals(Service):
     """
 
     log = Logger()
-    name = "shutdown-signals"
+    name = "shutdown-signals"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, owner: "LlamaSwapService") -> None:
         self.owner = owner
@@ -331,7 +335,7 @@ class LlamaSwapService(MultiService):
         """
         self.memory.managerFor(
             config, lambda m: getattr(self.router.machines.get(m), "pid", None),
-            self.observatory.modelsChanged, start=self.running)
+            self.observatory.modelsChanged, start=bool(self.running))
 
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
@@ -357,15 +361,17 @@ class LlamaSwapService(MultiService):
         if self._reloading:
             self.log.warn("config reload already in progress; this one is dropped")
             return succeed(ReloadReport(applied=False, reason=RELOAD_BUSY))
-        if config is None and self.configPath is None:
+        path = self.configPath
+        if config is None and path is None:
             return succeed(ReloadReport(applied=False, reason=RELOAD_NO_FILE))
         self._reloading = True
         if config is not None:
             d = succeed(config)
         else:
+            assert path is not None  # a reload without a file was refused above
             ports = {m.id: m.port for m in self.config.models.values() if m.port is not None}
             d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                  loadConfig, self.configPath, None, ports)
+                                  loadConfig, path, None, ports)
 
         def refused(f: Failure) -> ReloadReport:
             self.log.error("config reload refused, the old config keeps serving: {why}",

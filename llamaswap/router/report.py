@@ -25,10 +25,22 @@ class Machine(Protocol):
     L{llamaswap.upstream.UpstreamMachine}).
     """
 
-    modelId: str
-    state: str
-    pid: Optional[int]
-    failure: Optional[dict]
+    # Read-only: the machine's own properties.
+    @property
+    def modelId(self) -> str:
+        ...
+
+    @property
+    def state(self) -> str:
+        ...
+
+    @property
+    def pid(self) -> Optional[int]:
+        ...
+
+    @property
+    def failure(self) -> Optional[dict]:
+        ...
 
     def start(self) -> Deferred[None]:
         ...

@@ -16,7 +16,7 @@ re-entrancy.  What happens is told to an L{IRouterReport}.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
 import attr
 from twisted.application.service import Service
@@ -63,7 +63,7 @@ class RouterService(Service):
     """
 
     log = Logger()
-    name = "router"
+    name = "router"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(
         self,
@@ -415,8 +415,7 @@ class RouterService(Service):
             waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
         stops = [self._stopModel(m, "shutdown") for m in sorted(self.machines)]
         d = gatherResults([*stops, *self._retired], consumeErrors=True)
-        d.addCallback(lambda _: self.log.info("all upstreams stopped"))
-        return d
+        return d.addCallback(lambda _: self.log.info("all upstreams stopped"))
 
     # -- events -----------------------------------------------------------
 
@@ -599,7 +598,7 @@ class RouterService(Service):
 
     def _apply(self, plan: Plan) -> None:
         now = self._reactor.seconds()
-        byId = {w.id: w for w in self.ledger.waiting()}
+        byId: Dict[Hashable, Waiter] = {w.id: w for w in self.ledger.waiting()}
         grants = []
         closed: Dict[str, Close] = {}
         machineWork = []
