@@ -143,7 +143,6 @@ class _ReloadTriggers(Service):
 
     def _check(self) -> Deferred[None]:
         reactor = self.owner.reactor
-
         path = self.owner.configPath
 
         def stat() -> tuple | None:
