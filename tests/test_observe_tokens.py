@@ -71,6 +71,37 @@ STREAM = sse(chunkEvent("a"), chunkEvent("b"), chunkEvent("", usage=None),
 
 
 class UsageRuleTests(SynchronousTestCase):
+    def test_bodyReadAsJSONLoadsReadsIt(self):
+        """
+        A non-streamed body is read as L{json.loads} reads it: with a BOM,
+        with whitespace around it, and split over chunks; one with
+        anything after its value, or not valid UTF-8, yields no tokens.
+        """
+        value = {"usage": {"prompt_tokens": 15, "completion_tokens": 33}, "text": "é"}
+        text = json.dumps(value, ensure_ascii=False)
+        expected = TokenUsage(-1, 15, 33, -1.0, -1.0, None)
+        for body in [text.encode(), b"\xef\xbb\xbf" + text.encode(),
+                     b" \n" + text.encode() + b" \r\n"]:
+            self.assertEqual(meter(body), expected, body[:8])
+            self.assertEqual(meter(body, chunks=split(body, [3, 40])), expected)
+        for body in [text.encode() + b" {}", text.encode() + b"x",
+                     b'{"usage": {"prompt_tokens": 15}, "t": "\xff"}']:
+            with capturedLogs():
+                self.assertIsNone(meter(body), body[-8:])
+
+    def test_usageCountsOfEitherName(self):
+        """
+        Input tokens are C{prompt_tokens}, else C{input_tokens}; output
+        tokens C{completion_tokens}, else C{output_tokens}; numbers given
+        as floats or strings count as gjson reads them.
+        """
+        self.assertEqual(usageFromObjects({"input_tokens": 4, "output_tokens": "7"}, None),
+                         TokenUsage(-1, 4, 7, -1.0, -1.0, None))
+        self.assertEqual(usageFromObjects(
+            {"prompt_tokens": 2.9, "input_tokens": 9, "completion_tokens": True,
+             "input_tokens_details": {"cached_tokens": 3}}, None),
+            TokenUsage(3, 2, 1, -1.0, -1.0, None))
+
     def test_usageJSON(self):
         """
         Checklist 97: JSON usage 15/33 -> input 15, output 33, rates -1,

@@ -57,6 +57,8 @@ def _number(value: Any) -> float:
 
 
 def _int(value: Any) -> int:
+    if type(value) is int:  # the usual count, taken as it is
+        return value
     return int(_number(value))
 
 
@@ -79,8 +81,6 @@ def _first(mapping: dict, *paths: tuple[str, ...]) -> Any:
     return None
 
 
-_INPUT = (("prompt_tokens",), ("input_tokens",))
-_OUTPUT = (("completion_tokens",), ("output_tokens",))
 _USAGE_PATHS = (("usage",), ("response", "usage"), ("message", "usage"))
 _CACHED = (("cache_read_input_tokens",), ("input_tokens_details", "cached_tokens"),
            ("prompt_tokens_details", "cached_tokens"))
@@ -141,9 +141,15 @@ def _usageCounts(usage: dict) -> tuple[int, int, int | None]:
     """
     @return: C{(input, output, cached or None)} of a C{usage} object.
     """
-    inputTokens = _int(_first(usage, *_INPUT))
-    outputTokens = _int(_first(usage, *_OUTPUT))
-    cached = _first(usage, *_CACHED)
+    # prompt_tokens | input_tokens, completion_tokens | output_tokens:
+    # looked up directly (this runs for every answer).
+    found = usage.get("prompt_tokens")
+    inputTokens = _int(usage.get("input_tokens") if found is None else found)
+    found = usage.get("completion_tokens")
+    outputTokens = _int(usage.get("output_tokens") if found is None else found)
+    cached = usage.get("cache_read_input_tokens")
+    if cached is None:
+        cached = _first(usage, *_CACHED[1:])
     return inputTokens, outputTokens, (None if cached is None else _int(cached))
 
 
@@ -482,6 +488,26 @@ class SSEUsageParser:
                 self._timings = timings
 
 
+_rawDecode = json.JSONDecoder().raw_decode
+
+
+def _loads(body: bytes) -> Any:
+    """
+    L{json.loads} of C{body}, the usual UTF-8 object decoded without its
+    encoding detection (a body that may be UTF-16 or -32, or have a BOM,
+    goes to L{json.loads} itself).
+
+    @raise ValueError: C{body} is not JSON.
+    """
+    if body[:1] != b"{" or body[1:2] == b"\x00":
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass")
+    parsed, end = _rawDecode(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError(f"extra data after the JSON value, at {end}")
+    return parsed
+
+
 class JSONUsageParser:
     """
     Reads token usage out of a non-streamed JSON answer: top-level
@@ -523,14 +549,15 @@ class JSONUsageParser:
         """
         if self.overflowed:
             return None
-        body, self._chunks = b"".join(self._chunks), []
+        chunks, self._chunks = self._chunks, []
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not body:
             return None
         infill = self.path.startswith("/infill")
         if b'"usage"' not in body and b'"timings"' not in body:
             return None
         try:
-            parsed = json.loads(body)
+            parsed = _loads(body)
         except (ValueError, RecursionError):
             _log.warn("metrics: invalid JSON in response body path={path}", path=self.path)
             return None
