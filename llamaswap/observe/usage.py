@@ -81,6 +81,8 @@ def _first(mapping: dict, *paths: tuple[str, ...]) -> Any:
     return None
 
 
+_INPUT = (("prompt_tokens",), ("input_tokens",))
+_OUTPUT = (("completion_tokens",), ("output_tokens",))
 _USAGE_PATHS = (("usage",), ("response", "usage"), ("message", "usage"))
 _CACHED = (("cache_read_input_tokens",), ("input_tokens_details", "cached_tokens"),
            ("prompt_tokens_details", "cached_tokens"))
@@ -141,15 +143,9 @@ def _usageCounts(usage: dict) -> tuple[int, int, int | None]:
     """
     @return: C{(input, output, cached or None)} of a C{usage} object.
     """
-    # prompt_tokens | input_tokens, completion_tokens | output_tokens:
-    # looked up directly (this runs for every answer).
-    found = usage.get("prompt_tokens")
-    inputTokens = _int(usage.get("input_tokens") if found is None else found)
-    found = usage.get("completion_tokens")
-    outputTokens = _int(usage.get("output_tokens") if found is None else found)
-    cached = usage.get("cache_read_input_tokens")
-    if cached is None:
-        cached = _first(usage, *_CACHED[1:])
+    inputTokens = _int(_first(usage, *_INPUT))
+    outputTokens = _int(_first(usage, *_OUTPUT))
+    cached = _first(usage, *_CACHED)
     return inputTokens, outputTokens, (None if cached is None else _int(cached))
 
 
@@ -549,8 +545,7 @@ class JSONUsageParser:
         """
         if self.overflowed:
             return None
-        chunks, self._chunks = self._chunks, []
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body, self._chunks = b"".join(self._chunks), []
         if not body:
             return None
         infill = self.path.startswith("/infill")
