@@ -199,7 +199,7 @@ class DemoBase:
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         _log.failure("Unhandled error answering {path}", failure,
-                         path=request.path.decode("utf-8", "replace"))
+                     path=request.path.decode("utf-8", "replace"))
         return self._error(request, 500, "Internal error", "server_error")
 
     # ------------------------------------------------------------------

@@ -298,7 +298,6 @@ class _Relay:
     One exchange: the upstream's response written to the client request.
     """
 
-
     def __init__(self, resource: RelayResource, request) -> None:
         self.resource = resource
         self.request = request
@@ -424,10 +423,11 @@ class _Relay:
             else:
                 meter.done(status if status is not None else (clientStatus or 502))
         self.resource.onDone(self.status, failure)
-        # The exchange refers back to this relay (its sink): without this
-        # cycle, the request's objects are freed by reference counting as
-        # soon as it ends, not by the collector later (under load the
-        # collector's runs over them cost a tenth of a request's CPU).
+        # The exchange refers back to this relay (its sink).  With that
+        # cycle broken, the request's objects are freed by reference
+        # counting as soon as it ends, not by the collector later (under
+        # load the collector's runs over them cost a tenth of a request's
+        # CPU).
         self.exchange = None
 
     def _failed(self, f: Failure) -> None:
@@ -441,7 +441,7 @@ class _Relay:
             # Mid-stream: cut the connection rather than end cleanly, so
             # the client sees a failure and not a truncated success.
             _log.warn("[{model}] upstream failed mid-response: {why}",
-                          model=resource.modelId, why=f.getErrorMessage())
+                      model=resource.modelId, why=f.getErrorMessage())
             self._end(self.status, f)
             self.gone = True
             transport = getattr(request, "transport", None)
@@ -449,7 +449,7 @@ class _Relay:
                 transport.abortConnection()
             return
         _log.warn("[{model}] upstream {what}: {why}", model=resource.modelId,
-                      what="timed out" if timedOut else "unreachable", why=f.getErrorMessage())
+                  what="timed out" if timedOut else "unreachable", why=f.getErrorMessage())
         self._end(None, f, clientStatus=504 if timedOut else 502)
         self.gone = True
         error = f.value
