@@ -393,7 +393,7 @@ class Observatory(Service):
             self.captures.resize(max(0, int(config.captureBuffer)) * 1048576)
         if config.performance != old.performance:
             self._replacePerformance(config)
-        self.bus.publish("modelStatus", self.modelStatus())
+        self._publishStatus()
 
     def _monitor(self, config) -> PerformanceMonitor | None:
         if config.performance.disabled:
@@ -454,7 +454,14 @@ class Observatory(Service):
         changed = False
         for field, value in fields.items():
             changed = self._set(modelId, field, value) or changed
-        if changed and publish and self.bus.listening:
+        if changed and publish:
+            self._publishStatus()
+
+    def _publishStatus(self) -> None:
+        """
+        Publish the UI's model list (not even built while no UI listens).
+        """
+        if self.bus.listening:
             self.bus.publish("modelStatus", self.modelStatus())
 
     # -- fed by the router (IRouterReport) -----------------------------------
@@ -471,7 +478,7 @@ class Observatory(Service):
 
     def ready(self, modelId: str, seconds: float) -> None:
         self._update(modelId, progress=None, lastLoad=seconds, publish=False)
-        self.bus.publish("modelStatus", self.modelStatus())
+        self._publishStatus()
 
     def failed(self, modelId: str, failure: dict) -> None:
         self._update(modelId, failure=failure, progress=None)
@@ -491,8 +498,8 @@ class Observatory(Service):
         return old != value
 
     def inFlight(self, modelId: str, count: int, total: int) -> None:
-        if self._set(modelId, "inFlight", count) and self.bus.listening:
-            self.bus.publish("modelStatus", self.modelStatus())
+        if self._set(modelId, "inFlight", count):
+            self._publishStatus()
         if total != self._inflight:
             self._inflight = total
             self.bus.publish("inflight", {"total": total})
@@ -504,8 +511,7 @@ class Observatory(Service):
     def idle(self, modelId: str, lastUsed: Optional[float], unloadAt: Optional[float]) -> None:
         changed = self._set(modelId, "lastUsed", lastUsed)
         if self._set(modelId, "unloadAt", unloadAt) or changed:
-            if self.bus.listening:
-                self.bus.publish("modelStatus", self.modelStatus())
+            self._publishStatus()
 
     def progress(self, modelId: str, progress: Optional[dict]) -> None:
         """
@@ -536,7 +542,7 @@ class Observatory(Service):
         Something shown in the model list changed (a model's memory need
         or the budget left): publish it again.
         """
-        self.bus.publish("modelStatus", self.modelStatus())
+        self._publishStatus()
 
     def modelStatus(self) -> list[dict[str, Any]]:
         """
