@@ -3,6 +3,9 @@ Tests for L{llamaswap.observe.observatory}: how C{logLevel} and
 C{logToStdout} shape the daemon's own log, and the UI's model list.
 """
 
+import threading
+import time
+
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -160,6 +163,28 @@ class CoalescedFlushTests(SynchronousTestCase):
         self.assertEqual((self.file.writes, self.file.flushes), (["last\n"], 1))
         self.clock.advance(1)
         self.assertEqual(self.file.flushes, 1)
+
+    def test_aLineFromAnotherThreadIsNotLost(self) -> None:
+        """
+        A line another thread is appending while the reactor's thread takes
+        the held lines is written, not appended to the list just taken.
+        """
+        appending = threading.Event()
+
+        class SlowList(list):
+            def append(self, item: str) -> None:
+                appending.set()
+                time.sleep(0.05)  # the reactor's thread drains meanwhile
+                super().append(item)
+
+        self.out._held = SlowList()
+        writer = threading.Thread(target=self.out.write, args=("from a thread\n",))
+        writer.start()
+        self.assertTrue(appending.wait(5))
+        self.out.flushNow()
+        writer.join()
+        self.out.flushNow()
+        self.assertEqual("".join(self.file.writes), "from a thread\n")
 
     def test_aClosedFileIsNoError(self) -> None:
         def closed(data: str) -> int:

@@ -11,6 +11,7 @@ the web routes that read it.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -59,7 +60,10 @@ class CoalescedFlush:
     characters are held, and at reactor shutdown.  Under load the access
     log's lines then leave in one C{write(2)} per burst, whether or not the
     file itself is buffered (with C{PYTHONUNBUFFERED}, as under many service
-    managers, each write would be one).
+    managers, each write would be one).  Lines logged from other threads
+    (the thread pool's work) are written at once.  A lock guards the held
+    lines, so a line one thread appends while another takes them is never
+    lost.
     """
 
     def __init__(self, wrapped, reactor, delay: float = 0.005, limit: int = 65536) -> None:
@@ -70,14 +74,17 @@ class CoalescedFlush:
         self._pending = None
         self._held: list[str] = []
         self._size = 0
+        self._lock = threading.Lock()
         trigger = getattr(reactor, "addSystemEventTrigger", None)
         if trigger is not None:
             trigger("after", "shutdown", self.flushNow)
 
     def write(self, data) -> Any:
-        self._held.append(data)
-        self._size += len(data)
-        if self._size >= self.limit:
+        with self._lock:
+            self._held.append(data)
+            self._size += len(data)
+            full = self._size >= self.limit
+        if full:
             self._drain()
         return len(data)
 
@@ -91,7 +98,8 @@ class CoalescedFlush:
             self._pending = self.reactor.callLater(self.delay, self.flushNow)
 
     def _drain(self) -> None:
-        held, self._held, self._size = self._held, [], 0
+        with self._lock:
+            held, self._held, self._size = self._held, [], 0
         if held:
             try:
                 self.wrapped.write("".join(held))
