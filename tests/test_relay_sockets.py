@@ -371,7 +371,6 @@ class RelaySocketTests(TestCase):
         self.assertIn(b"timeout", dechunk(client.data).lower())
 
 
-
 class CappedRelaySocketTests(RelaySocketTests):
     """
     The same behaviours behind the listening stack the daemon uses (the
