@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
+from llamaswap.afterturn import AfterTurn
 from llamaswap.config import loadConfig
 from llamaswap.memory.wiring import MemoryWiring
 from llamaswap.listening import listeningService
@@ -253,7 +254,11 @@ class LlamaSwapService(MultiService):
         self._memoryFor(config)
         self.progress = LoadProgress(reactor, self.router.loadProgress)
         self.router.setServiceParent(self)
-        self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor)
+        # The access lines, activity entries and lease releases of the
+        # requests that end in one turn run together after it.
+        self.afterTurn = AfterTurn(reactor)
+        self.site = AccessLoggingSite(self._api(config).resource(), clock=reactor,
+                                      later=self.afterTurn)
         self.site.bodyLimit = config.maxRequestBodyMB * 1024 * 1024
         listeningService(listen, self.site, reactor,
                          config.maxConnections).setServiceParent(self)
@@ -339,7 +344,8 @@ class LlamaSwapService(MultiService):
     def _api(self, config) -> LlamaSwapAPI:
         return LlamaSwapAPI(config, self.router, self.agents, clock=self.reactor,
                             observatory=self.observatory, ui=self.ui,
-                            reload=self.reload, streamTokens=self.streamTokens)
+                            reload=self.reload, streamTokens=self.streamTokens,
+                            later=self.afterTurn)
 
     def reload(self, config=None) -> Deferred[ReloadReport]:
         """

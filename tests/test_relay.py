@@ -4,6 +4,7 @@ Tests for L{llamaswap.proxy.relay}: the streaming relay, without sockets.
 
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.defer import fail
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -13,6 +14,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from treq.testing import RequestTraversalAgent
 
 from llamaswap.config.model import TimeoutsConfig
+from llamaswap.observe.activity import ActivityLog
+from llamaswap.observe.exchange import ExchangeMeter
 from llamaswap.proxy.forward import Forwarder
 from llamaswap.proxy.relay import RelayResource, endToEnd
 from llamaswap.web.errors import toError, writeError
@@ -60,7 +63,7 @@ class RelayTests(SynchronousTestCase):
         self.agent = RequestTraversalAgent(self.upstream)
         self.ended = []
 
-    def relay(self, body=b'{"model":"m"}', headers=None):
+    def relay(self, body=b'{"model":"m"}', headers=None, **extra):
         request = PushRequest([b"v1", b"chat", b"completions"])
         request.method = b"POST"
         resource = RelayResource(
@@ -72,6 +75,7 @@ class RelayTests(SynchronousTestCase):
             onDone=lambda status, failure: self.ended.append((status, failure)),
             writeError=lambda req, error: writeError(req, toError(error)),
             modelId="m",
+            **extra,
         )
         self.assertEqual(resource.render(request), NOT_DONE_YET)
         self.agent.flush()
@@ -92,6 +96,31 @@ class RelayTests(SynchronousTestCase):
         self.agent.flush()
         self.assertEqual(request.finished, 1)
         self.assertEqual(self.ended, [(200, None)])
+
+    def test_theBookkeepingRunsLaterWithTheEndTime(self):
+        """
+        The client has the whole answer at once; the meter's entry and the
+        caller's C{onDone} wait for C{later}, and the entry's duration ends
+        when the answer did.
+        """
+        clock = Clock()
+        activity = ActivityLog(10, clock)
+        queued = []
+        meter = ExchangeMeter("m", "/v1/chat/completions", clock, activity)
+        request = self.relay(meter=meter, later=lambda f, *args: queued.append((f, args)))
+        [up] = self.upstream.requests
+        clock.advance(0.5)
+        up.write(b"data: one\n\n")
+        up.finish()
+        self.agent.flush()
+        self.assertEqual(request.finished, 1)
+        self.assertEqual((self.ended, activity.list()), ([], []))
+        clock.advance(10)
+        [(f, args)] = queued
+        f(*args)
+        self.assertEqual(self.ended, [(200, None)])
+        [entry] = activity.list()
+        self.assertEqual((entry.respStatusCode, entry.durationMs), (200, 500))
 
     def headersSent(self):
         """

@@ -13,6 +13,23 @@ from twisted.web.test.requesthelper import DummyRequest
 from llamaswap.web.site import AccessLoggingSite
 
 
+def loggedRequest(clock: Clock, path: bytes = b"/v1/chat/completions") -> DummyRequest:
+    """
+    @return: a finished POST to C{path} that arrived now, as the access log
+        reads it.
+    """
+    request = DummyRequest(path.strip(b"/").split(b"/"))
+    request.method = b"POST"
+    request.uri = request.path = path
+    request.clientproto = b"HTTP/1.1"
+    request.code = 200
+    request.sentLength = 123
+    request.requestHeaders.setRawHeaders(b"user-agent", [b"curl/8"])
+    request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"10.0.0.7, 10.0.0.1"])
+    request.arrived = clock.seconds()
+    return request
+
+
 class AccessLogTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -22,16 +39,7 @@ class AccessLogTests(SynchronousTestCase):
         self.site.accessLog = Logger(namespace="llamaswap.access", observer=self.events.append)
 
     def request(self, path: bytes = b"/v1/chat/completions") -> DummyRequest:
-        request = DummyRequest(path.strip(b"/").split(b"/"))
-        request.method = b"POST"
-        request.uri = request.path = path
-        request.clientproto = b"HTTP/1.1"
-        request.code = 200
-        request.sentLength = 123
-        request.requestHeaders.setRawHeaders(b"user-agent", [b"curl/8"])
-        request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"10.0.0.7, 10.0.0.1"])
-        request.arrived = self.clock.seconds()
-        return request
+        return loggedRequest(self.clock, path)
 
     def test_oneLineInTheReferencesFormat(self) -> None:
         request = self.request()
@@ -72,3 +80,44 @@ class AccessLogTests(SynchronousTestCase):
         self.site.log(self.request(b"/metrics"))
         self.site.log(self.request(b"/wol-health"))
         self.assertEqual(self.events, [])
+
+
+class AccessLogLaterTests(SynchronousTestCase):
+    """
+    An access log whose lines are put off (to the end of the reactor's
+    turn, in the daemon).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.queued: list = []
+        self.site = AccessLoggingSite(Resource(), clock=self.clock,
+                                      later=lambda f, *args: self.queued.append((f, args)))
+        self.events: list[dict] = []
+        self.site.accessLog = Logger(namespace="llamaswap.access", observer=self.events.append)
+
+    def test_theLineIsWrittenLaterWithItsEndTime(self) -> None:
+        """
+        The line waits for the later call; its duration and time are those
+        of the request's end, and a client that closed is still a 499.
+        """
+        request = loggedRequest(self.clock)
+        self.clock.advance(0.25)
+        self.site.log(request)
+        closed = loggedRequest(self.clock)
+        self.site.log(closed, clientClosed=True)
+        self.site.log(closed)
+        self.assertEqual(self.events, [])
+        self.clock.advance(5)
+        for f, args in self.queued:
+            f(*args)
+        first, second = self.events
+        self.assertTrue(formatEvent(first).endswith(" 200 123 \"curl/8\" 250ms"), formatEvent(first))
+        self.assertEqual(first["duration"], 0.25)
+        self.assertLess(abs(first["log_time"] - second["log_time"]), 1)
+        self.assertEqual((second["status"], second["duration"]), (499, 0))
+
+    def test_quietPathsQueueNothing(self) -> None:
+        self.site.log(AccessLogTests.request(self, b"/metrics"))  # type: ignore[arg-type]
+        self.assertEqual(self.queued, [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from llamaswap.afterturn import Later, callNow
 from llamaswap.errors import UpstreamUnreachable
 from llamaswap.proxy.body import ClientBody
 from llamaswap.proxy.client import Limits
@@ -44,11 +45,14 @@ class Forwarder:
     @param observatory: meters relayed requests (or L{None}: none).
     @param writeError: answers a request with an exception (a
         L{llamaswap.errors.LlamaSwapError}) and finishes it.
+    @param later: runs the bookkeeping of each ended exchange (see
+        L{RelayResource}); at once by default.
     """
 
     def __init__(self, clients: UpstreamClients, clock, observatory,
-                 writeError: Callable[[Any, Exception], None]) -> None:
+                 writeError: Callable[[Any, Exception], None], later: Later = callNow) -> None:
         self.clients = clients
+        self.later = later
         self.clock = clock
         self.observatory = observatory
         self.writeError = writeError
@@ -114,6 +118,7 @@ class Forwarder:
                 headersSent=headersSent,
                 meter=meter,
                 limits=self.limits(model.timeouts),
+                later=self.later,
             )
         except BaseException:
             lease.release()
@@ -144,6 +149,7 @@ class Forwarder:
             writeError=unreachable,
             modelId=f"{peer.id}: {body.model}",
             limits=self.limits(getattr(peer, "timeouts", None)),
+            later=self.later,
         )
 
     def _payload(self, request, body: ClientBody, model):

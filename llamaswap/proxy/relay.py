@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from llamaswap.afterturn import Later, callNow
 from llamaswap.errors import UpstreamTimeout, UpstreamUnreachable
 from llamaswap.interfaces import IResponseSink
 from llamaswap.observe.usage import filterAcceptEncoding
@@ -418,17 +419,28 @@ class _Relay:
         self.ended = True
         meter = self.meter
         if meter is not None:
-            if clientClosed:
-                meter.done(CLIENT_CLOSED, clientClosed=True)
-            else:
-                meter.done(status if status is not None else (clientStatus or 502))
-        self.resource.onDone(self.status, failure)
+            meter.timer.end()  # now, however late the bookkeeping runs
+        self.resource.later(self._settle, status, failure, clientClosed, clientStatus)
         # The exchange refers back to this relay (its sink).  With that
         # cycle broken, the request's objects are freed by reference
         # counting as soon as it ends, not by the collector later (under
         # load the collector's runs over them cost a tenth of a request's
         # CPU).
         self.exchange = None
+
+    def _settle(self, status: int | None, failure: Failure | None, clientClosed: bool,
+                clientStatus: int | None) -> None:
+        """
+        The bookkeeping of the ended exchange: its meter, and the caller's
+        C{onDone} (which releases the lease).
+        """
+        meter = self.meter
+        if meter is not None:
+            if clientClosed:
+                meter.done(CLIENT_CLOSED, clientClosed=True)
+            else:
+                meter.done(status if status is not None else (clientStatus or 502))
+        self.resource.onDone(self.status, failure)
 
     def _failed(self, f: Failure) -> None:
         resource = self.resource
@@ -485,8 +497,12 @@ class RelayResource(Resource):
         loading-state stream was written): append the upstream's body only.
     @param onDone: called once with C{(status or None, failure or None)}
         when the exchange has ended, whatever the outcome: the caller
-        releases its lease there.
+        releases its lease there.  It and the meter's C{done} are called
+        through C{later}.
     @param limits: the model's L{Limits} (time to headers, idle time).
+    @param later: runs the bookkeeping of the ended exchange (an
+        L{llamaswap.afterturn.AfterTurn} puts it off until the answers of
+        the reactor's turn have left); at once by default.
     """
 
     isLeaf = True
@@ -505,6 +521,7 @@ class RelayResource(Resource):
         headersSent: bool = False,
         meter=None,
         limits: Limits = NO_LIMITS,
+        later: Later = callNow,
     ) -> None:
         super().__init__()
         if not isinstance(client, (UpstreamPool, AgentClient)):
@@ -520,6 +537,7 @@ class RelayResource(Resource):
         self.headersSent = headersSent
         self.meter = meter
         self.limits = limits
+        self.later = later
 
     def upstreamHeaders(self, request) -> list[tuple[bytes, bytes]]:
         """

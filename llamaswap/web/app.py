@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from llamaswap._version import __version__
+from llamaswap.afterturn import Later, callNow
 from llamaswap.errors import BadRequest, LlamaSwapError, ShuttingDown, UnknownModel
 from llamaswap.proxy.body import readClientBody
 from llamaswap.proxy.forward import Forwarder
@@ -197,6 +198,8 @@ class LlamaSwapAPI:
         a L{Deferred} firing with a L{llamaswap.reload.ReloadReport}.
     @param streamTokens: the L{StreamTokens} of C{/api/events} (kept
         across reloads by the caller; a new one by default).
+    @param later: runs the bookkeeping of each relayed request once it
+        ended (an L{llamaswap.afterturn.AfterTurn}); at once by default.
     """
 
     app = Klein()
@@ -215,6 +218,7 @@ class LlamaSwapAPI:
         ui: UIResource | None = None,
         reload=None,
         streamTokens: StreamTokens | None = None,
+        later: Later = callNow,
     ) -> None:
         self.config = config
         self.router = router
@@ -228,7 +232,7 @@ class LlamaSwapAPI:
         self.streamTokens = streamTokens if streamTokens is not None else StreamTokens(clock)
         self.uiApi = UIApi(config, self.streamTokens, reload)
         self.forwarder = Forwarder(agents, clock, observatory,
-                                   lambda req, error: writeError(req, toError(error)))
+                                   lambda req, error: writeError(req, toError(error)), later)
 
     def resource(self):
         """

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.logger import Logger, LogLevel
 from twisted.web.server import Request, Site
 
+from llamaswap.afterturn import Later, callNow
 from llamaswap.listening import headDeadlineProtocol
 
 _log = Logger(namespace="llamaswap.web")
@@ -98,12 +99,20 @@ class AccessLoggingSite(Site):
     #: The cap on request bodies, in bytes (L{None}: none).
     bodyLimit: int | None = None
 
-    def __init__(self, resource, clock) -> None:
+    def __init__(self, resource, clock, later: Later = callNow) -> None:
+        """
+        @param resource: the root resource.
+        @param clock: times each request.
+        @param later: puts the access lines off to the end of the
+            reactor's turn (an L{llamaswap.afterturn.AfterTurn}); at once
+            by default.
+        """
         # Leave bodies alone: twisted.web would otherwise parse every form
         # body into request.args (a multipart upload read whole into memory,
         # again); llamaswap reads the bodies it needs itself.
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.clock = clock
+        self.later = later
         # Made here, not as a class attribute: a Logger read from a class
         # makes a new Logger on every access, in the class's namespace.
         self.accessLog = Logger(namespace="llamaswap.access", source=self)
@@ -117,7 +126,10 @@ class AccessLoggingSite(Site):
     def log(self, request, clientClosed: bool = False) -> None:
         """
         Log the access line of C{request}; a client that closed first is
-        shown with status 499 ("client closed request").
+        shown with status 499 ("client closed request").  The line's
+        duration and time are taken now; the line itself is made and
+        written by L{writeAccessLine} once the reactor's turn is over (see
+        L{llamaswap.afterturn}).
         """
         if getattr(request, "logged", False):
             return
@@ -125,15 +137,22 @@ class AccessLoggingSite(Site):
         path = request.path or b""
         if path.startswith(self.quietPrefixes):
             return
+        started = getattr(request, "arrived", None)
+        duration = 0.0 if started is None else self.clock.seconds() - started
+        self.later(self.writeAccessLine, request, 499 if clientClosed else request.code,
+                   duration, time.time())
+
+    def writeAccessLine(self, request, status: int, duration: float, when: float) -> None:
+        """
+        Write the access line of C{request}, which ended at POSIX time
+        C{when}, C{duration} seconds after it arrived, with C{status}.
+        """
         forwarded = (request.getHeader(b"x-forwarded-for") or b"").split(b",")[0].strip()
         ip = forwarded or (request.getHeader(b"x-real-ip") or b"").strip()
         if not ip:
             peer = request.getClientAddress()
             ip = getattr(peer, "host", "-")
         ip = ip.decode("latin-1") if isinstance(ip, bytes) else ip
-        started = getattr(request, "arrived", None)
-        duration = 0.0 if started is None else self.clock.seconds() - started
-        status = 499 if clientClosed else request.code
         method = request.method.decode("latin-1")
         uri = request.uri.decode("latin-1")
         agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
@@ -149,7 +168,7 @@ class AccessLoggingSite(Site):
             "line": line, "ip": ip, "method": method, "uri": uri, "status": status,
             "size": request.sentLength, "duration": duration, "log_logger": logger,
             "log_level": LogLevel.info, "log_namespace": logger.namespace,
-            "log_source": logger.source, "log_format": "{line}", "log_time": time.time()})
+            "log_source": logger.source, "log_format": "{line}", "log_time": when})
 
 
 def _goDuration(seconds: float) -> str:
