@@ -191,6 +191,12 @@ class ClientTests(SynchronousTestCase):
         self.assertIn("silent for 10s", failure.getErrorMessage())
         self.assertTrue(transport.disconnecting)
 
+    def test_limitsAreSweptATenthOfTheShortestAtMostEverySecond(self) -> None:
+        self.assertEqual(Limits(responseHeader=60, idle=600).sweep, 1.0)
+        self.assertEqual(Limits(responseHeader=0.5, idle=600).sweep, 0.05)
+        self.assertEqual(Limits(idle=2).sweep, 0.2)
+        self.assertEqual(NO_LIMITS.sweep, 0)
+
     def test_noLimitsNoTimer(self) -> None:
         self.send()
         self.assertEqual(self.reactor.getDelayedCalls(), [])

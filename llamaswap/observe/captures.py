@@ -170,36 +170,30 @@ class Capture:
 HEADER_OVERHEAD = 96
 
 
-def snapshot(headers: Any) -> tuple | None:
+def _headerBytes(headers: Any) -> int:
     """
-    @param headers: a Twisted L{Headers}, a mapping, or pairs.
-    @return: its header pairs as they are now, for L{headerMap} when a
-        capture is read (not at every request).
+    @param headers: a Twisted L{Headers}, a mapping, or pairs, as a
+        recorder was given them, or L{None}.
+    @return: the bytes they count as while kept until a capture is read:
+        the length of each header's first value, and L{HEADER_OVERHEAD}
+        per header.
     """
     if headers is None:
-        return None
-    return tuple(_pairs(headers))
-
-
-def _metaSize(path: str, *pairs: tuple | None) -> int:
-    """
-    @return: the bytes a capture's metadata is counted as while kept as
-        header pairs: the values' lengths and L{HEADER_OVERHEAD} per header.
-    """
-    size = len(path)
-    for kept in pairs:
-        if kept:
-            size += HEADER_OVERHEAD * len(kept)
-            for _, value in kept:
-                size += len(value[0] if isinstance(value, (list, tuple)) and value else value)
+        return 0
+    size = 0
+    for _, value in _pairs(headers):
+        size += HEADER_OVERHEAD
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else b""
+        size += len(value)
     return size
 
 
 class _Stored:
     """
-    One stored capture: its metadata (the path and header pairs, made
-    into header maps when read, or zlib'd JSON of them) and its zlib'd
-    bodies.
+    One stored capture: its metadata (the path and the headers as the
+    recorder was given them, made into header maps when read, or zlib'd
+    JSON of them) and its zlib'd bodies.
     """
 
     __slots__ = ("meta", "reqBody", "respBody", "size")
@@ -416,9 +410,11 @@ class CaptureRecorder:
         self.status: int | None = None
         self.bodyBytes = 0
         self._level = level
-        self._reqHeaders = snapshot(reqHeaders) if self.fields & REQ_HEADERS else None
+        # Kept as given (a relayed request's headers no longer change),
+        # and made into a header map only when the capture is read.
+        self._reqHeaders = reqHeaders if self.fields & REQ_HEADERS else None
         self._reqBody: bytes | None = None
-        self._respHeaders: tuple | None = None
+        self._respHeaders: Any = None
         self._resp: Any = None
         self._respWanted = False
         self._respRaw: list[bytes] = []
@@ -438,7 +434,7 @@ class CaptureRecorder:
             self.active = False
             return
         if self.active and self.fields & RESP_HEADERS:
-            self._respHeaders = snapshot(headers)
+            self._respHeaders = headers
         if self.active and self.fields & RESP_BODY:
             # Kept raw while small; compressed once past SMALL bytes.
             self._respWanted = True
@@ -449,14 +445,18 @@ class CaptureRecorder:
         """
         if not chunk:
             return
-        self.bodyBytes += len(chunk)
-        if not self.active or not self._respWanted:
+        size = len(chunk)
+        self.bodyBytes += size
+        if not self._respWanted:
             return
         if self._resp is None:
             self._respRaw.append(chunk)
-            self._rawSize += len(chunk)
-            self._grow(len(chunk))
-            if not self.active or self._rawSize < SMALL:
+            self._rawSize += size
+            self._size += size
+            if self._size > self.store.maxBytes:
+                self._overflow()
+                return
+            if self._rawSize < SMALL:
                 return
             chunk, self._respRaw = b"".join(self._respRaw), []
             self._size -= self._rawSize
@@ -482,22 +482,26 @@ class CaptureRecorder:
             respBody = b"".join(self._respParts)
         elif self._respWanted:
             respBody = b"\x00" + b"".join(self._respRaw)
-        meta = (self.reqPath, self._reqHeaders, self._respHeaders)
-        stored = _Stored(meta, self._reqBody, respBody,
-                         _metaSize(self.reqPath, self._reqHeaders, self._respHeaders))
-        self._drop()
+        self.active = self._respWanted = False  # only the first call stores
+        reqHeaders, respHeaders = self._reqHeaders, self._respHeaders
+        metaSize = len(self.reqPath) + _headerBytes(reqHeaders) + _headerBytes(respHeaders)
+        stored = _Stored((self.reqPath, reqHeaders, respHeaders), self._reqBody, respBody,
+                         metaSize)
         return self.store._put(captureId, stored)
 
     def _grow(self, n: int) -> None:
         self._size += n
         if self._size > self.store.maxBytes:
-            self.overflowed = True
-            _log.info("capture of {path} exceeds the {limit} byte budget, not captured",
-                      path=self.reqPath, limit=self.store.maxBytes)
-            self._drop()
+            self._overflow()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        _log.info("capture of {path} exceeds the {limit} byte budget, not captured",
+                  path=self.reqPath, limit=self.store.maxBytes)
+        self._drop()
 
     def _drop(self) -> None:
-        self.active = False
+        self.active = self._respWanted = False
         self._resp = None
         self._respParts = []
         self._respRaw = []

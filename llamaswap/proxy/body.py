@@ -15,34 +15,7 @@ from urllib.parse import parse_qs
 import attr
 
 from llamaswap.errors import BadRequest, BodyTooLarge, NoModelIdentified
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class InferenceBody:
-    """
-    A client request body and what llamaswap reads from it.
-
-    @ivar model: the model name the client asked for.
-    @ivar stream: whether the client asked for a streamed answer.
-    @ivar raw: the body as received.
-    @ivar parsed: the decoded JSON object, or C{None} for other bodies.
-    """
-
-    model: str
-    stream: bool
-    raw: bytes
-    parsed: dict | None = None
-
-    def withModel(self, name: str) -> bytes:
-        """
-        @return: the body to send upstream with C{model} set to C{name}:
-            the original bytes when nothing changes.
-        """
-        if self.parsed is None or self.parsed.get("model") == name:
-            return self.raw
-        rewritten = dict(self.parsed)
-        rewritten["model"] = name
-        return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+from llamaswap.proxy.multipart import inspectMultipart, isMultipart
 
 
 def readBody(request, limit: int) -> bytes:
@@ -68,7 +41,7 @@ def readBody(request, limit: int) -> bytes:
     return data
 
 
-def inspectBody(raw: bytes, contentType: bytes | None) -> InferenceBody:
+def inspectBody(raw: bytes, contentType: bytes | None) -> ClientBody:
     """
     Find the model (and the streaming flag) in a request body.
 
@@ -81,8 +54,7 @@ def inspectBody(raw: bytes, contentType: bytes | None) -> InferenceBody:
     @raise NoModelIdentified: when no model name is found.
     """
     ctype = (contentType or b"").lower()
-    stripped = raw.lstrip()
-    if b"json" in ctype or stripped.startswith(b"{"):
+    if b"json" in ctype or raw.lstrip().startswith(b"{"):
         try:
             parsed = json.loads(raw)
         except ValueError as e:
@@ -94,17 +66,17 @@ def inspectBody(raw: bytes, contentType: bytes | None) -> InferenceBody:
         model = parsed.get("model")
         if not isinstance(model, str) or not model:
             raise NoModelIdentified()
-        return InferenceBody(model, parsed.get("stream") is True, raw, parsed)
+        return ClientBody(model, parsed.get("stream") is True, raw, True)
     if b"application/x-www-form-urlencoded" in ctype:
         fields = parse_qs(raw.decode("utf-8", "replace"))
         model = (fields.get("model") or [""])[0]
         if model:
             stream = (fields.get("stream") or [""])[0] == "true"
-            return InferenceBody(model, stream, raw)
+            return ClientBody(model, stream, raw)
     raise NoModelIdentified()
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class ClientBody:
     """
     What a model-dispatched request carries, however it carries it.
@@ -136,8 +108,6 @@ def readClientBody(request, limit: int) -> ClientBody:
     @raise BadRequest: for a malformed JSON or multipart body.
     @raise NoModelIdentified: when no model name is found.
     """
-    from llamaswap.proxy.multipart import inspectMultipart, isMultipart
-
     if request.method in (b"GET", b"HEAD", b"DELETE"):
         model = (request.args.get(b"model") or [b""])[0].decode("utf-8", "replace")
         if not model:
@@ -153,6 +123,4 @@ def readClientBody(request, limit: int) -> ClientBody:
         if form.length > limit:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         return ClientBody(form.model, form.stream, form=form)
-    raw = readBody(request, limit)
-    body = inspectBody(raw, contentType)
-    return ClientBody(body.model, body.stream, raw, body.parsed is not None)
+    return inspectBody(readBody(request, limit), contentType)

@@ -50,28 +50,24 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 READ_SIZE = 16384
 
 
-def _sweepInterval(limits: "Limits") -> float:
-    """
-    @return: how often exchanges under C{limits} are checked: a tenth of
-        the shortest limit, at most every second.
-    """
-    shortest = min(w for w in (limits.idle, limits.responseHeader) if w)
-    return min(1.0, shortest / 10)
-
-
 class Limits:
     """
     How long an exchange may wait on its upstream, in seconds (C{0}: no
     limit): C{responseHeader} from the request sent to the status line and
     headers, C{idle} for any silence of the upstream (before the headers,
     and between body bytes).
+
+    @ivar sweep: how often exchanges under these limits are checked: a
+        tenth of the shortest limit, at most every second (C{0}: never).
     """
 
-    __slots__ = ("responseHeader", "idle")
+    __slots__ = ("responseHeader", "idle", "sweep")
 
     def __init__(self, responseHeader: float = 0, idle: float = 0) -> None:
         self.responseHeader = responseHeader
         self.idle = idle
+        shortest = min((w for w in (idle, responseHeader) if w), default=0)
+        self.sweep = min(1.0, shortest / 10)
 
 
 NO_LIMITS = Limits()
@@ -224,7 +220,7 @@ class _Connection(Protocol):
 
     def _arm(self) -> None:
         exchange = self.exchange
-        if exchange is not None and (exchange.limits.idle or exchange.limits.responseHeader):
+        if exchange is not None and exchange.limits.sweep:
             self.pool._watch(self, exchange.limits)
 
     def _check(self, now: float) -> None:
@@ -655,7 +651,7 @@ class UpstreamPool:
 
     def _watch(self, connection: _Connection, limits: Limits) -> None:
         self._watched.add(connection)
-        every = _sweepInterval(limits)
+        every = limits.sweep
         if self._sweep is None:
             self._sweep = self.reactor.callLater(every, self._sweepNow)
         elif self._sweep.getTime() > self.reactor.seconds() + every:
@@ -673,7 +669,7 @@ class UpstreamPool:
         now = self.reactor.seconds()
         for connection in list(self._watched):
             connection._check(now)
-        every = [_sweepInterval(c.exchange.limits) for c in self._watched
+        every = [c.exchange.limits.sweep for c in self._watched
                  if c.exchange is not None]
         if every:
             self._sweep = self.reactor.callLater(min(every), self._sweepNow)
