@@ -4,6 +4,7 @@ Tests for L{llamaswap.web.site}: the access-log line of each request.
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -75,6 +76,25 @@ class AccessLogTests(SynchronousTestCase):
         self.site.log(request)
         [event] = self.events
         self.assertEqual(event["status"], 499)
+
+    def test_theClientsAddressComesFromItsHeadersOrItsPeer(self) -> None:
+        """
+        The first C{X-Forwarded-For} entry, else C{X-Real-IP}, else the
+        peer's address.
+        """
+        realIP = self.request()
+        realIP.requestHeaders.removeHeader(b"x-forwarded-for")
+        realIP.requestHeaders.setRawHeaders(b"x-real-ip", [b" 10.0.0.9 "])
+        peer = self.request()
+        peer.requestHeaders.removeHeader(b"x-forwarded-for")
+        peer.requestHeaders.removeHeader(b"user-agent")
+        peer.client = IPv4Address("TCP", "192.0.2.1", 5000)
+        unknown = self.request()
+        unknown.requestHeaders.removeHeader(b"x-forwarded-for")
+        for request in (realIP, peer, unknown):
+            self.site.log(request)
+        self.assertEqual([e["ip"] for e in self.events], ["10.0.0.9", "192.0.2.1", "-"])
+        self.assertIn('"" ', formatEvent(self.events[1]))
 
     def test_quietPathsAreNotLogged(self) -> None:
         self.site.log(self.request(b"/metrics"))

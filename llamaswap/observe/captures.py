@@ -102,7 +102,7 @@ def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:
     if headers is None:
         return []
     if hasattr(headers, "getAllRawHeaders"):
-        return ((name, values) for name, values in headers.getAllRawHeaders())
+        return headers.getAllRawHeaders()
     if isinstance(headers, Mapping):
         return headers.items()
     return headers
@@ -182,10 +182,9 @@ def _headerBytes(headers: Any) -> int:
         return 0
     size = 0
     for _, value in _pairs(headers):
-        size += HEADER_OVERHEAD
-        if isinstance(value, (list, tuple)):
+        if type(value) is list or type(value) is tuple:
             value = value[0] if value else b""
-        size += len(value)
+        size += HEADER_OVERHEAD + len(value)
     return size
 
 

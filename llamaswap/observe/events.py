@@ -239,11 +239,13 @@ def publishLogs(bus: EventBus, proxy, upstream) -> Callable[[], None]:
 
     @return: a function that stops publishing.
     """
-    stops = [
-        proxy.subscribe(lambda data: bus.publish("logData", {"source": "proxy", "data": _text(data)})),
-        upstream.subscribe(
-            lambda data: bus.publish("logData", {"source": "upstream", "data": _text(data)})),
-    ]
+    def publisher(source: str) -> Callable[[bytes], None]:
+        def written(data: bytes) -> None:
+            if bus.listening:  # no UI open: nothing to decode
+                bus.publish("logData", {"source": source, "data": _text(data)})
+        return written
+
+    stops = [proxy.subscribe(publisher("proxy")), upstream.subscribe(publisher("upstream"))]
 
     def stop() -> None:
         for unsubscribe in stops:

@@ -101,7 +101,7 @@ class LogBuffer:
         Append C{data} (text is UTF-8 encoded) and hand it to every
         subscriber.  Empty writes are ignored.
         """
-        chunk = _toBytes(data)
+        chunk = data if type(data) is bytes else _toBytes(data)
         if not chunk:
             return
         self._store(chunk)

@@ -242,6 +242,9 @@ class BodyDecoder:
         if not chunk or not self.supported or self.failed or self.truncated:
             return []
         if self.identity:
+            if self.produced + len(chunk) <= self.maxOutput:
+                self.produced += len(chunk)
+                return [chunk]
             return self._cap([chunk])
         out: list[bytes] = []
         try:
