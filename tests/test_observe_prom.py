@@ -5,7 +5,11 @@ C{GET /metrics} (SPEC.md section 3.10).
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY
+import re
+
+from prometheus_client import (
+    REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics,
+    enable_created_metrics, generate_latest)
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,7 +17,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from llamaswap.observe.gpu import NvmlProbe
 from llamaswap.observe.performance import PerformanceMonitor
-from llamaswap.observe.prom import MODEL_STATES, Metrics, MetricsResource
+from llamaswap.observe import prom
+from llamaswap.observe.prom import (
+    MODEL_STATES, Metrics, MetricsResource, PerRequestCounter, PerRequestHistogram)
 from llamaswap.observe.system import SystemProbe
 from tests.fakes import FakeNvml, FakeProc, FakeThreads, samples, value
 
@@ -271,3 +277,58 @@ class ResourceTests(SynchronousTestCase):
         request, body = self.render(MetricsResource(Metrics(), enabled=False))
         self.assertEqual(request.responseCode, 503)
         self.assertEqual(body, b"# performance monitor not available\n")
+
+
+class PerRequestSeriesTests(SynchronousTestCase):
+    """
+    The counters and histograms fed on every request are plain numbers,
+    exposed as C{prometheus_client}'s own would be.
+    """
+
+    def feed(self) -> tuple[CollectorRegistry, CollectorRegistry]:
+        """
+        @return: a registry of our series and one of C{prometheus_client}'s
+            counter and histogram, fed the same values.
+        """
+        ours, theirs = CollectorRegistry(), CollectorRegistry()
+        counter = PerRequestCounter("x_requests", "Requests.", ["model", "status"])
+        histogram = PerRequestHistogram("x_seconds", "Seconds.", ["model"], (0.005, 0.1, 1.0))
+        ours.register(counter)
+        ours.register(histogram)
+        nativeCounter = Counter("x_requests", "Requests.", ["model", "status"], registry=theirs)
+        nativeHistogram = Histogram("x_seconds", "Seconds.", ["model"],
+                                    buckets=(0.005, 0.1, 1.0), registry=theirs)
+        for model, status, seconds in [("a", "200", 0.0), ("a", "200", 0.005),
+                                       ("b", "502", 0.0051), ("a", "200", 7.5),
+                                       ("b", "502", 1.0), ('q"\\\n', "200", 0.1)]:
+            counter.labels(model, status).inc()
+            nativeCounter.labels(model, status).inc()
+            histogram.labels(model).observe(seconds)
+            nativeHistogram.labels(model).observe(seconds)
+        counter.labels("a", "200").inc(2.5)
+        nativeCounter.labels("a", "200").inc(2.5)
+        return ours, theirs
+
+    def text(self, registry: CollectorRegistry) -> bytes:
+        """
+        @return: the exposition, C{_created} timestamps blanked.
+        """
+        return re.sub(rb"(_created\{[^}]*\}) \S+", rb"\1 T", generate_latest(registry))
+
+    def test_exposedAsPrometheusClientsOwn(self) -> None:
+        ours, theirs = self.feed()
+        self.assertEqual(self.text(ours), self.text(theirs))
+        self.assertIn(b'x_seconds_bucket{le="+Inf",model="a"} 3.0', self.text(ours))
+        self.assertIn(b'x_requests_created{model="a",status="200"}', self.text(ours))
+
+    def test_noCreatedSeriesWhenPrometheusClientHasNone(self) -> None:
+        disable_created_metrics()
+        self.addCleanup(enable_created_metrics)
+        self.patch(prom.os, "environ", {"PROMETHEUS_DISABLE_CREATED_SERIES": "true"})
+        ours, theirs = self.feed()
+        self.assertEqual(generate_latest(ours), generate_latest(theirs))
+        self.assertNotIn(b"_created", generate_latest(ours))
+
+    def test_theLabelsMustMatch(self) -> None:
+        counter = PerRequestCounter("x_requests", "Requests.", ["model", "status"])
+        self.assertRaises(ValueError, counter.labels, "a")

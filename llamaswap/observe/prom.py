@@ -46,10 +46,15 @@ raw client path, to keep the number of series bounded.
 
 from __future__ import annotations
 
+import os
+import time
+from bisect import bisect_left
 from typing import Any, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric)
+from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 #: The states a model can be in (upstream machine and SPEC.md 4.1).
@@ -186,6 +191,135 @@ class PerformanceCollector:
         yield from gpuFamilies(latest.gpus or ())
 
 
+def _createdSeries() -> bool:
+    """
+    @return: whether C{_created} series are exported, as
+        C{prometheus_client} decides it (its
+        C{PROMETHEUS_DISABLE_CREATED_SERIES} environment variable).
+    """
+    return os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
+        "true", "1", "t")
+
+
+class _Count:
+    """
+    One labelled child of a L{PerRequestCounter}.
+    """
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Observed:
+    """
+    One labelled child of a L{PerRequestHistogram}: a count per bucket
+    (the last one C{+Inf}) and the sum.
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        # The first bucket whose bound is >= value: prometheus_client's
+        # "le" rule; past every bound, +Inf.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _PerRequestSeries:
+    """
+    What L{PerRequestCounter} and L{PerRequestHistogram} share: labelled
+    children made on first use, collected as one family.  These series are
+    fed on every request and read by C{GET /metrics}, both on the reactor's
+    thread: their children are plain numbers, without the lock and checks
+    C{prometheus_client}'s take per observation, and are exposed exactly as
+    C{prometheus_client}'s own counter or histogram would be.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str):
+        """
+        @return: the child of label C{values}, made on first use.
+        """
+        child = self.children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self.children[values] = self._child()
+        return child
+
+    def _child(self) -> Any:
+        raise NotImplementedError()
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError()
+
+
+class PerRequestCounter(_PerRequestSeries):
+    """
+    A labelled counter (C{<name>_total}, and C{<name>_created}).
+    """
+
+    def _child(self) -> _Count:
+        return _Count()
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = _createdSeries()
+        for values, child in self.children.items():
+            family.add_metric(values, child.value, created=child.created if created else None)
+        yield family
+
+
+class PerRequestHistogram(_PerRequestSeries):
+    """
+    A labelled histogram (C{_bucket} per bound and C{+Inf}, C{_count},
+    C{_sum}, and C{<name>_created}).
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str],
+                 buckets: Iterable[float]) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+
+    def _child(self) -> _Observed:
+        return _Observed(self.bounds)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = _createdSeries()
+        for values, child in self.children.items():
+            cumulative, total = [], 0.0
+            for le, count in zip(self._les, child.counts):
+                total += count
+                cumulative.append((le, total))
+            family.add_metric(values, cumulative, child.sum)
+            if created:
+                family.add_sample(self.name + "_created",
+                                  dict(zip(self.labelnames, values)), child.created)
+        yield family
+
+
 class Metrics:
     """
     The Prometheus metrics of one server.  Every method is cheap and never
@@ -202,12 +336,16 @@ class Metrics:
         """
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._requests = Counter(
+        # The series fed on every request are plain numbers (see
+        # _PerRequestSeries); the others are prometheus_client's own.
+        self._requests = PerRequestCounter(
             "llamaswap_requests", "Requests on model routes, by answer status.",
-            ["model", "route", "status"], registry=r)
-        self._requestSeconds = Histogram(
+            ["model", "route", "status"])
+        r.register(self._requests)
+        self._requestSeconds = PerRequestHistogram(
             "llamaswap_request_duration_seconds", "Request durations, arrival to last byte.",
-            ["model", "route"], buckets=REQUEST_BUCKETS, registry=r)
+            ["model", "route"], REQUEST_BUCKETS)
+        r.register(self._requestSeconds)
         self._swaps = Counter(
             "llamaswap_swaps", "Model loads (swaps) completed.", ["model"], registry=r)
         self._swapSeconds = Histogram(
@@ -216,17 +354,18 @@ class Metrics:
         self._state = Gauge(
             "llamaswap_model_state", "1 for the state each model is in, 0 for the others.",
             ["model", "state"], registry=r)
-        self._tokens = Counter(
+        self._tokens = PerRequestCounter(
             "llamaswap_tokens", "Tokens processed (input) and generated (output).",
-            ["model", "kind"], registry=r)
+            ["model", "kind"])
+        r.register(self._tokens)
         self._queue = Gauge(
             "llamaswap_queue_depth", "Requests waiting for a model.", registry=r)
-        self._phases = Histogram(
+        self._phases = PerRequestHistogram(
             "llamaswap_phase_seconds", "Per-request phase durations.",
-            ["model", "phase"], buckets=PHASE_BUCKETS, registry=r)
+            ["model", "phase"], PHASE_BUCKETS)
+        r.register(self._phases)
         self._states: dict[str, str] = {}
         self._requestChildren: dict[tuple, tuple] = {}
-        self._children: dict[tuple, Any] = {}
         self.performance = PerformanceCollector(monitor)
         r.register(self.performance)
 
@@ -275,9 +414,9 @@ class Metrics:
         Count a request's tokens (negative or missing counts add nothing).
         """
         if inputTokens and inputTokens > 0:
-            self._child(self._tokens, model, "input").inc(inputTokens)
+            self._tokens.labels(model, "input").inc(inputTokens)
         if outputTokens and outputTokens > 0:
-            self._child(self._tokens, model, "output").inc(outputTokens)
+            self._tokens.labels(model, "output").inc(outputTokens)
 
     def queueDepth(self, n: int) -> None:
         """
@@ -293,18 +432,7 @@ class Metrics:
         for phase in PHASES:
             value = phases.get(phase)
             if value is not None:
-                self._child(self._phases, model, phase).observe(max(0.0, float(value)))
-
-    def _child(self, metric, *labels: str):
-        """
-        @return: C{metric.labels(*labels)}, looked up once (a request's
-            series are the same from one request to the next).
-        """
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+                self._phases.labels(model, phase).observe(max(0.0, float(value)))
 
     def render(self) -> bytes:
         """
