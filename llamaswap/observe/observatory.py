@@ -12,7 +12,7 @@ the web routes that read it.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from zope.interface import implementer
@@ -20,13 +20,11 @@ from zope.interface import implementer
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import (
-    FilteringLogObserver,
-    ILogFilterPredicate,
+    ILogObserver,
     formatEventAsClassicLogText,
     formatTime,
     Logger,
     LogLevel,
-    PredicateResult,
     globalLogPublisher,
 )
 from twisted.python import threadable
@@ -246,6 +244,24 @@ def staticFacts(config, modelId: str) -> dict[str, Any]:
     }
 
 
+@implementer(ILogObserver)
+class _Shaped:
+    """
+    An observer twistd installed, given only the events C{wanted} lets
+    through (one predicate, so no L{twisted.logger.FilteringLogObserver}).
+    """
+
+    __slots__ = ("original", "wanted")
+
+    def __init__(self, original: Callable[[dict], None], wanted: Callable[[dict], bool]) -> None:
+        self.original = original
+        self.wanted = wanted
+
+    def __call__(self, event: dict) -> None:
+        if self.wanted(event):
+            self.original(event)
+
+
 @implementer(IRouterReport)
 class Observatory(Service):
     """
@@ -363,12 +379,10 @@ class Observatory(Service):
             {"warn": "warn", "error": "error", "debug": "debug"}.get(self.config.logLevel, "info"))
         proxyLines = self.config.logToStdout in ("proxy", "both")
 
-        def wanted(event: dict) -> PredicateResult:
+        def wanted(event: dict) -> bool:
             if isUpstreamOutput(event):
-                return PredicateResult.yes
-            if proxyLines and event.get("log_level", LogLevel.info) >= level:
-                return PredicateResult.maybe
-            return PredicateResult.no
+                return True
+            return proxyLines and event.get("log_level", LogLevel.info) >= level
 
         for original in list(getattr(self._publisher, "_observers", [])):
             outFile = getattr(original, "_outFile", None)
@@ -381,7 +395,7 @@ class Observatory(Service):
                     "textFileLogObserver.<locals>.formatEvent":
                 # twistd's default format, its timestamp made once a second.
                 original.formatEvent = classicLogLine
-            shaped = FilteringLogObserver(original, [cast(ILogFilterPredicate, wanted)])
+            shaped = _Shaped(original, wanted)
             self._publisher.removeObserver(original)
             self._publisher.addObserver(shaped)
             self._shaped.append((original, shaped))

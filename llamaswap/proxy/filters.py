@@ -90,7 +90,8 @@ def filterEdits(filters, requestedName: str, useModelName: str = "") -> tuple[Ed
     edits: list[Edit] = []
     if useModelName:
         edits.append(SetParam(MODEL_KEY, useModelName))
-    if filters is None:
+    if filters is None or not (filters.stripParams or filters.setParams
+                               or filters.setParamsByID):
         return tuple(edits)
     for key in filters.stripParams:
         if key != MODEL_KEY:

@@ -48,6 +48,9 @@ class PhaseBook:
             rest); they add up to the wait.
         """
 
+        if dispatched <= arrived:  # granted at once: no wait to share out
+            return {"queue": 0.0, "stop": 0.0, "load": 0.0}
+
         def overlap(windows) -> float:
             total = 0.0
             for began, ended in windows:
