@@ -321,15 +321,31 @@ class HeadDeadlineChannel(HTTPChannel):
         request.gotLength(length)  # a body over the site's limit is refused here
         if length:
             request.handleContentChunk(data[end + 4:total])
-        # What allContentReceived does once a body has ended.
+        # What allContentReceived does once a body has ended, except that
+        # the idle timer keeps running (cancelled now and made anew at the
+        # answer's end, as twisted.web does it, would be two timer
+        # operations per request): it is reset when the answer ends, and
+        # does not time out a request still being answered
+        # (timeoutConnection).
         if self.timeOut:
-            self._savedTimeOut = self.setTimeout(None)
+            self._savedTimeOut = self.timeOut  # type: ignore[assignment]  # typed None by twisted.web
         self._handlingRequest = True
         self.setRawMode()
         if len(data) > total:
             self._dataBuffer.append(data[total:])  # the next request, for later
         request.requestReceived(command, target, version)
         return True
+
+    def timeoutConnection(self) -> None:
+        """
+        The idle timeout: a connection whose request is still being
+        answered is not idle (its timer ran on from L{_wholeRequest}), and
+        is looked at again a whole timeout later; any other is closed.
+        """
+        if self._handlingRequest and not self._lost and self.timeOut:
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     def _inHead(self) -> bool:
         """

@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
 from llamaswap.config import loadConfigText
@@ -199,6 +199,41 @@ class WholeRequestTests(SynchronousTestCase):
             self.assertEqual(self.answers(whole), self.answers(parsed), raw)
             self.assertIn(b"HTTP/1.1 200 OK", whole.value())
             self.assertFalse(whole.disconnecting)
+
+    def test_theIdleTimeoutWaitsForTheAnswerThenCounts(self) -> None:
+        """
+        A request taken whole is never timed out while it is answered,
+        however long that takes; once answered, its connection is closed
+        after the site's idle timeout, as a parsed one's is.
+        """
+        held: list = []
+
+        class Slow(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                held.append(request)
+                return NOT_DONE_YET
+
+        self.site.resource = Slow()
+        for lineParser in (False, True):
+            del held[:]
+            protocol, transport = self.connect(lineParser=lineParser)
+            raw = self.REQUESTS[0]
+            if lineParser:
+                for i in range(len(raw)):
+                    protocol.dataReceived(raw[i:i + 1])
+            else:
+                protocol.dataReceived(raw)
+            self.clock.advance(self.site.timeOut * 3 + 1)
+            self.assertFalse(transport.disconnecting, lineParser)
+            [request] = held
+            request.write(b"late")
+            request.finish()
+            self.clock.advance(self.site.timeOut - 1)
+            self.assertFalse(transport.disconnecting, lineParser)
+            self.clock.advance(2)
+            self.assertTrue(transport.disconnecting, lineParser)
 
     def test_requestsInOneReadAreAnsweredInTurn(self) -> None:
         protocol, transport = self.connect()

@@ -524,7 +524,8 @@ class Observatory(Service):
             self._publishStatus()
         if total != self._inflight:
             self._inflight = total
-            self.bus.publish("inflight", {"total": total})
+            if self.bus.listening:
+                self.bus.publish("inflight", {"total": total})
 
     def queueDepth(self, modelId: str, queued: int, total: int) -> None:
         self.metrics.queueDepth(total)
