@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from llamaswap.observe.captures import REDACTED, CaptureStore
-from llamaswap.observe.exchange import ExchangeMeter, _contentHeaders
+from llamaswap.observe.exchange import HELD_BYTES, ExchangeMeter, _contentHeaders
 from llamaswap.observe.prom import Metrics
 from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.tokens import ActivityLog
@@ -87,6 +87,27 @@ class ExchangeTests(SynchronousTestCase):
         record = meter.done()
         self.assertEqual((record.tokens.inputTokens, record.tokens.outputTokens), (2, 3))
         self.assertTrue(record.hasCapture)
+
+    def test_aBigJSONAnswerIsMeteredAsItComes(self):
+        """
+        A non-streamed answer is held to be metered at its end only while
+        it is small; past L{HELD_BYTES}, every chunk is metered (and
+        captured) as it comes, and the tokens are the same.
+        """
+        meter = self.meter()
+        meter.response(200, {"content-type": "application/json"})
+        padding = b'{"pad":"' + b"x" * (2 * HELD_BYTES) + b'",'
+        answer = padding + b'"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+        meter.data(answer[:100])
+        self.assertEqual(meter._held, [answer[:100]])
+        meter.data(answer[100:HELD_BYTES + 200])
+        self.assertIsNone(meter._held)
+        meter.data(answer[HELD_BYTES + 200:])
+        self.assertIsNone(meter._held)
+        record = meter.done()
+        self.assertEqual((record.tokens.inputTokens, record.tokens.outputTokens), (3, 4))
+        capture = self.captures.capture(record.id)
+        self.assertEqual(capture.respBody, answer)
 
     def test_upstreamError(self):
         """

@@ -62,6 +62,11 @@ def _contentHeaders(headers: Any) -> tuple[str, str]:
     return contentType or "", encoding or ""
 
 
+#: The most bytes of a non-streamed answer held to be metered at its end
+#: (where the usage is) in one go; a bigger one is metered as it comes.
+HELD_BYTES = 65536
+
+
 class ExchangeMeter:
     """
     Observes one request on a model route (SPEC.md: POST requests only),
@@ -111,6 +116,9 @@ class ExchangeMeter:
         self.contentType = ""
         self.record: ActivityRecord | None = None
         self._meter: UsageMeter | None = None
+        self._encoding = ""
+        self._held: list[bytes] | None = None
+        self._heldBytes = 0
         self._recorder: CaptureRecorder | None = None
         self._done = False
         if captures is not None and captures.enabled:
@@ -130,22 +138,53 @@ class ExchangeMeter:
         if self._recorder is not None:
             self._recorder.response(self.status, headers)
         if self.status == 200:
-            recorder = self._recorder
-            self._meter = UsageMeter(
-                self.path, self.contentType, encoding,
-                maxJSONBytes=self.maxJSONBytes,
-                onDecoded=recorder.data if recorder is not None and recorder.active else None)
+            self._encoding = encoding
+            if "text/event-stream" in self.contentType:
+                self._startMeter()
+            else:
+                self._held = []
 
     def data(self, chunk: bytes) -> None:
         """
-        One chunk of the response body, as written to the client.
+        One chunk of the response body, as written to the client.  A
+        non-streamed answer's chunks are only held while they are
+        L{HELD_BYTES} or fewer, and metered in L{done}; past that, and for
+        a stream, each is metered as it comes.
         """
-        if self._meter is not None and not self._done:
-            try:
-                self._meter.feed(chunk)
-            except Exception:
-                self._meter = None
-                self.log.failure("token metrics of {path} failed", path=self.path)
+        if self._done:
+            return
+        held = self._held
+        if held is not None:
+            held.append(chunk)
+            self._heldBytes += len(chunk)
+            if self._heldBytes > HELD_BYTES:
+                self._startMeter()
+            return
+        if self._meter is not None:
+            self._feed(chunk)
+
+    def _startMeter(self) -> None:
+        """
+        Make the usage meter (and feed it what was held).
+        """
+        recorder = self._recorder
+        self._meter = UsageMeter(
+            self.path, self.contentType, self._encoding,
+            maxJSONBytes=self.maxJSONBytes,
+            onDecoded=recorder.data if recorder is not None and recorder.active else None)
+        held, self._held = self._held, None
+        for chunk in held or ():
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        meter = self._meter
+        if meter is None:
+            return
+        try:
+            meter.feed(chunk)
+        except Exception:
+            self._meter = None
+            self.log.failure("token metrics of {path} failed", path=self.path)
 
     def done(self, status: int | None = None, clientClosed: bool = False) -> ActivityRecord | None:
         """
@@ -177,6 +216,8 @@ class ExchangeMeter:
         if answered is None:
             return None
         tokens = None
+        if self._held is not None:
+            self._startMeter()
         if self._meter is not None:
             try:
                 tokens = self._meter.finish()
