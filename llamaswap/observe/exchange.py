@@ -120,9 +120,12 @@ class ExchangeMeter:
         self._held: list[bytes] | None = None
         self._heldBytes = 0
         self._recorder: CaptureRecorder | None = None
+        self._respHeaders: Any = None
         self._done = False
-        if captures is not None and captures.enabled:
-            self._recorder = CaptureRecorder(captures, path, reqHeaders, reqBody)
+        # What a 200 answer's capture is made of, once its metering starts
+        # (only a 200 answer is captured).
+        self._capture = ((captures, reqHeaders, reqBody)
+                         if captures is not None and captures.enabled else None)
 
     def response(self, status: int, headers: Any = None) -> None:
         """
@@ -135,10 +138,9 @@ class ExchangeMeter:
         self.timer.firstByte()
         self.status = int(status)
         self.contentType, encoding = _contentHeaders(headers)
-        if self._recorder is not None:
-            self._recorder.response(self.status, headers)
         if self.status == 200:
             self._encoding = encoding
+            self._respHeaders = headers
             if "text/event-stream" in self.contentType:
                 self._startMeter()
             else:
@@ -165,9 +167,15 @@ class ExchangeMeter:
 
     def _startMeter(self) -> None:
         """
-        Make the usage meter (and feed it what was held).
+        Make the usage meter and the capture recorder (and feed them what
+        was held).
         """
-        recorder = self._recorder
+        recorder = None
+        if self._capture is not None:
+            store, reqHeaders, reqBody = self._capture
+            self._capture = None
+            recorder = self._recorder = CaptureRecorder(store, self.path, reqHeaders, reqBody)
+            recorder.response(200, self._respHeaders)
         self._meter = UsageMeter(
             self.path, self.contentType, self._encoding,
             maxJSONBytes=self.maxJSONBytes,
