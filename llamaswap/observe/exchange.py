@@ -162,8 +162,16 @@ class ExchangeMeter:
             if self._heldBytes > HELD_BYTES:
                 self._startMeter()
             return
-        if self._meter is not None:
-            self._feed(chunk)
+        meter = self._meter
+        if meter is not None:
+            try:
+                meter.feed(chunk)
+            except Exception:
+                self._meterFailed()
+
+    def _meterFailed(self) -> None:
+        self._meter = None
+        self.log.failure("token metrics of {path} failed", path=self.path)
 
     def _startMeter(self) -> None:
         """
@@ -176,23 +184,16 @@ class ExchangeMeter:
             self._capture = None
             recorder = self._recorder = CaptureRecorder(store, self.path, reqHeaders, reqBody)
             recorder.response(200, self._respHeaders)
-        self._meter = UsageMeter(
+        meter = self._meter = UsageMeter(
             self.path, self.contentType, self._encoding,
             maxJSONBytes=self.maxJSONBytes,
             onDecoded=recorder.data if recorder is not None and recorder.active else None)
         held, self._held = self._held, None
-        for chunk in held or ():
-            self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
-        meter = self._meter
-        if meter is None:
-            return
         try:
-            meter.feed(chunk)
+            for chunk in held or ():
+                meter.feed(chunk)
         except Exception:
-            self._meter = None
-            self.log.failure("token metrics of {path} failed", path=self.path)
+            self._meterFailed()
 
     def done(self, status: int | None = None, clientClosed: bool = False) -> ActivityRecord | None:
         """
@@ -230,7 +231,7 @@ class ExchangeMeter:
             try:
                 tokens = self._meter.finish()
             except Exception:
-                self.log.failure("token metrics of {path} failed", path=self.path)
+                self._meterFailed()
         if tokens is None:
             tokens = NO_TOKENS
         if self.metrics is not None:
