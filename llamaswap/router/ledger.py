@@ -145,6 +145,13 @@ class Ledger:
         self._inFlight.pop(modelId, None)
         self._admitted.pop(modelId, None)
 
+    def admit(self, modelId: str) -> None:
+        """
+        A request granted at once, never queued, takes its slot (until its
+        lease is released).
+        """
+        self._admitted[modelId] += 1
+
     def enqueue(self, waiter: Waiter) -> None:
         self._waiting.append(waiter)
         if waiter.lease:

@@ -422,17 +422,16 @@ class RouterService(Service):
     def _enqueue(
         self, modelId: str, lease: bool, onQueuePosition: Optional[Callable[[int], None]]
     ) -> Deferred:
-        waiter = Waiter(
-            next(self._ids), modelId, self._reactor.seconds(), lease, onQueuePosition
-        )
+        now = self._reactor.seconds()
+        if lease and self._quiet(modelId, 0):
+            # Nothing waits, its model ready with room: decide's rule 1,
+            # without a queue entry.
+            self.ledger.admit(modelId)
+            return succeed(self._lend(modelId, now, now))
+        waiter = Waiter(next(self._ids), modelId, now, lease, onQueuePosition)
         waiter.deferred = Deferred(lambda d: self._cancelled(waiter))
         self.ledger.enqueue(waiter)
-        if lease and self._quiet(modelId, 1):
-            # Alone in the queue, its model ready with room: decide's rule 1.
-            self.ledger.granted([waiter])
-            waiter.deferred.callback(self._grant(waiter, waiter.arrived))
-        else:
-            self._step()
+        self._step()
         return waiter.deferred
 
     def _quiet(self, modelId: str, queued: int) -> bool:
@@ -677,13 +676,20 @@ class RouterService(Service):
                 self._idleSince[modelId] = now
             self._again = True
             return None
+        return self._lend(modelId, waiter.arrived, now)
+
+    def _lend(self, modelId: str, arrived: float, now: float) -> Lease:
+        """
+        @return: a new lease on C{modelId} for a request that arrived at
+            C{arrived} and is dispatched C{now}, counted in flight.
+        """
         lease = Lease(
             modelId,
             self.config.models[modelId].proxy,
             self._releaseLease,
-            arrived=waiter.arrived,
+            arrived=arrived,
             dispatched=now,
-            phases=self.phaseBook.phases(modelId, waiter.arrived, now),
+            phases=self.phaseBook.phases(modelId, arrived, now),
         )
         self.ledger.lend(lease)
         self._lastUsed[modelId] = now
