@@ -83,15 +83,15 @@ class AfterTurn:
         """
         Run every queued call now, and any they queue, until none is left.
         """
-        pending, self._pending = self._pending, None
-        if pending is not None and pending.active():
-            pending.cancel()
-        while self._calls:
-            calls, self._calls = self._calls, []
-            self._run(calls)
+        while True:
+            # A call run here may queue another, and with it a timed call.
             pending, self._pending = self._pending, None
             if pending is not None and pending.active():
                 pending.cancel()
+            if not self._calls:
+                return
+            calls, self._calls = self._calls, []
+            self._run(calls)
 
     @staticmethod
     def _run(calls: list[tuple[Callable[..., object], tuple]]) -> None:

@@ -453,11 +453,8 @@ class CaptureRecorder:
         if self._resp is None:
             self._respRaw.append(chunk)
             self._rawSize += size
-            self._size += size
-            if self._size > self.store.maxBytes:
-                self._overflow()
-                return
-            if self._rawSize < SMALL:
+            self._grow(size)
+            if not self._respWanted or self._rawSize < SMALL:
                 return
             chunk, self._respRaw = b"".join(self._respRaw), []
             self._size -= self._rawSize

@@ -63,6 +63,8 @@ def parseLogLevel(name: str | None) -> LogLevel:
 
 
 def _toBytes(data: bytes | str) -> bytes:
+    if type(data) is bytes:  # the usual write, taken as it is
+        return data
     if isinstance(data, str):
         return data.encode("utf-8", "replace")
     return bytes(data)
@@ -101,7 +103,7 @@ class LogBuffer:
         Append C{data} (text is UTF-8 encoded) and hand it to every
         subscriber.  Empty writes are ignored.
         """
-        chunk = data if type(data) is bytes else _toBytes(data)
+        chunk = _toBytes(data)
         if not chunk:
             return
         self._store(chunk)
