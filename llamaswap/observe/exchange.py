@@ -25,7 +25,8 @@ from llamaswap.observe.captures import CaptureRecorder, CaptureStore
 from llamaswap.observe.prom import Metrics
 from llamaswap.observe.timing import PhaseTimer
 from llamaswap.observe.activity import ActivityLog, ActivityRecord
-from llamaswap.observe.usage import DEFAULT_MAX_JSON_BYTES, NO_TOKENS, UsageMeter
+from llamaswap.observe.usage import (
+    DEFAULT_MAX_JSON_BYTES, NO_TOKENS, UsageMeter, isEventStream)
 
 
 def _text(value: Any) -> str:
@@ -141,7 +142,7 @@ class ExchangeMeter:
         if self.status == 200:
             self._encoding = encoding
             self._respHeaders = headers
-            if "text/event-stream" in self.contentType:
+            if isEventStream(self.contentType):
                 self._startMeter()
             else:
                 self._held = []

@@ -570,6 +570,14 @@ class JSONUsageParser:
         return usageFromObjects(usage, timings)
 
 
+def isEventStream(contentType: str) -> bool:
+    """
+    @return: whether a response of C{contentType} is an event stream (its
+        usage is found event by event, not in one JSON body).
+    """
+    return "text/event-stream" in contentType
+
+
 class UsageMeter:
     """
     The token metrics of one response, fed chunk by chunk as relayed to
@@ -599,7 +607,7 @@ class UsageMeter:
             contentType = contentType.decode("latin-1")
         self.path = path
         self.contentType = contentType or ""
-        self.streaming = "text/event-stream" in self.contentType
+        self.streaming = isEventStream(self.contentType)
         self.decoder = BodyDecoder(contentEncoding, maxDecoded)
         self.parser: SSEUsageParser | JSONUsageParser
         if self.streaming:
